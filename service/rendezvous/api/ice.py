@@ -1,0 +1,18 @@
+"""`GET /webrtc/config`: ICE servers and policies for RTCPeerConnection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from rendezvous.api.deps import IdentityDep, ServicesDep
+from rendezvous.turn.credentials import rtc_configuration
+
+router = APIRouter()
+
+
+@router.get("/webrtc/config")
+async def webrtc_config(identity: IdentityDep, services: ServicesDep) -> dict[str, Any]:
+    ice = services.ice.ice_servers(identity)
+    return rtc_configuration(ice, services.settings)

@@ -1,0 +1,75 @@
+"""`WS /webrtc/ws/{room_id}`: admission (origin, connection cap, token, room) then a Session."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, WebSocket
+
+from rendezvous.api.deps import ServicesDep, bearer_token
+from rendezvous.protocol import ErrorCode, SignalingError, error_frame, is_valid_room_id
+from rendezvous.session import Session
+
+router = APIRouter()
+
+SUBPROTOCOL = "rendezvous.v1"
+BEARER_SUBPROTOCOL_PREFIX = "bearer."
+
+
+@router.websocket("/webrtc/ws/{room_id}")
+async def signaling(websocket: WebSocket, room_id: str, services: ServicesDep) -> None:
+    allowed = services.settings.allowed_origin_set
+    origin = websocket.headers.get("origin")
+    if allowed and origin is not None and origin.rstrip("/") not in allowed:
+        await websocket.close(code=1008)  # before accept: the client sees HTTP 403
+        return
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    if services.connections >= services.settings.max_connections:
+        await _reject(websocket, room_id, SignalingError(ErrorCode.SERVER_BUSY, "server busy"))
+        return
+    services.connections += 1
+    services.metrics.connections.inc()
+    try:
+        await _serve(websocket, room_id, services)
+    finally:
+        services.connections -= 1
+        services.metrics.connections.dec()
+
+
+async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> None:
+    try:
+        if not is_valid_room_id(room_id):
+            raise SignalingError(ErrorCode.FORBIDDEN_ROOM, "room ids match ^[A-Za-z0-9-]{1,64}$")
+        identity = await services.authenticator.authenticate(_token(websocket))
+        if not identity.may_enter(room_id):
+            raise SignalingError(ErrorCode.FORBIDDEN_ROOM, "your token does not grant this room")
+    except SignalingError as error:
+        await _reject(websocket, room_id, error)
+        return
+    session = Session(
+        websocket,
+        identity,
+        room_id,
+        hub=services.hub,
+        limits=services.limits,
+        metrics=services.metrics,
+    )
+    await session.run(capacity=services.settings.max_participants_per_room)
+
+
+def _token(websocket: WebSocket) -> str | None:
+    """From the `bearer.<JWT>` subprotocol (kept out of proxy logs), the Authorization
+    header, or SEED.md's `?token=` query, in that order."""
+    offered: list[str] = websocket.scope.get("subprotocols", [])
+    for protocol in offered:
+        if protocol.startswith(BEARER_SUBPROTOCOL_PREFIX):
+            return protocol[len(BEARER_SUBPROTOCOL_PREFIX) :]
+    return bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get(
+        "token"
+    )
+
+
+async def _reject(websocket: WebSocket, room_id: str, error: SignalingError) -> None:
+    services: ServicesDep = websocket.app.state.services
+    services.metrics.error(error.code.value)
+    await websocket.send_text(error_frame(error, room_id=room_id[:128]))
+    await websocket.close(code=error.close_code or 1008)

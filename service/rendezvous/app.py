@@ -1,0 +1,80 @@
+"""The application factory: `uvicorn --factory rendezvous.app:create_app` or `rendezvous serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from rendezvous.api import health, ice, rooms, websocket
+from rendezvous.api.deps import ApiError
+from rendezvous.auth import Authenticator
+from rendezvous.backends import create_backend
+from rendezvous.backends.base import Backend
+from rendezvous.hub import Hub
+from rendezvous.limits import SessionLimits
+from rendezvous.presence import PresenceKeeper
+from rendezvous.services import Services
+from rendezvous.settings import Settings, load_settings
+from rendezvous.telemetry.metrics import Metrics
+from rendezvous.turn.credentials import StaticIceServers
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
+    """Build the app; `backend` lets tests share one broker between several apps."""
+    settings = settings or load_settings()
+    backend = backend or create_backend(settings)
+    metrics = Metrics()
+    services = Services(
+        settings=settings,
+        backend=backend,
+        hub=Hub(backend, metrics=metrics, join_buffer_limit=settings.send_queue_max_messages),
+        authenticator=Authenticator(settings),
+        ice=StaticIceServers(settings),
+        metrics=metrics,
+        limits=SessionLimits.from_settings(settings),
+    )
+    app = FastAPI(title="Rendezvous", version="0.1.0", lifespan=_lifespan)
+    app.state.services = services
+    for module in (websocket, ice, rooms, health):
+        app.include_router(module.router)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    await services.backend.start(services.hub.on_bus_message)
+    keeper = PresenceKeeper(
+        services.hub, services.backend, ttl_seconds=services.settings.presence_ttl_seconds
+    )
+    upkeep = asyncio.create_task(keeper.run(), name="rendezvous.presence")
+    upkeep.add_done_callback(_report_exit)
+    log.info("rendezvous started", extra={"instance_id": services.backend.instance_id})
+    try:
+        yield
+    finally:
+        upkeep.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upkeep
+        await services.backend.stop()
+
+
+def _report_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        {"code": exc.code.value, "message": exc.detail},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )

@@ -1,0 +1,99 @@
+"""The backend contract: what instances share (presence, capacity, the room bus).
+
+Every backend passes `tests/backends/test_contract.py`. The hub relies on exactly this:
+- `subscribe` returns only once the room channel is live, so nothing published after it
+  is missed; `publish` is ordered per instance and never blocks the caller;
+- `join` checks capacity and adds the member in one atomic step, replacing the same
+  user's earlier session instead of counting it twice;
+- presence expires unless refreshed; reads never count an expired member; each expired
+  member is returned by `reap_expired` to exactly one caller across all instances.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rendezvous.protocol import ErrorCode, SignalingError
+
+BusHandler = Callable[[str, bytes], None]
+"""Called with (room_id, data) for every bus message another instance published."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One participant of a room; `session_id` tells a rejoin from the connection it replaces."""
+
+    user_id: str
+    username: str
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    members: tuple[Member, ...]  # the room after the join, joiner included
+    replaced: Member | None  # the same user's previous session, now gone
+
+
+class BackendError(Exception):
+    """Base of the errors a backend raises; third-party errors are chained, never leaked."""
+
+
+class BackendUnavailableError(BackendError):
+    def to_signaling(self) -> SignalingError:
+        return SignalingError(ErrorCode.BACKEND_UNAVAILABLE, "signaling backend unavailable")
+
+
+class RoomFullError(BackendError):
+    pass
+
+
+class Backend(abc.ABC):
+    """Shared state between instances. One per process; `instance_id` names it on the bus."""
+
+    instance_id: str
+
+    @abc.abstractmethod
+    async def start(self, on_message: BusHandler) -> None:
+        """Connect; from now on, bus messages of subscribed rooms go to `on_message`."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """Whether the backend is reachable right now (readiness)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, room_id: str) -> None:
+        """Listen to the room's channel; return once the subscription is confirmed."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, room_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def publish(self, room_id: str, data: bytes) -> None:
+        """Queue `data` for the room's channel, in call order; raise
+        BackendUnavailableError at once when it cannot be sent."""
+
+    @abc.abstractmethod
+    async def join(self, room_id: str, member: Member, *, capacity: int) -> JoinResult:
+        """Add `member` (atomically with the capacity check); raise RoomFullError."""
+
+    @abc.abstractmethod
+    async def leave(self, room_id: str, member: Member) -> bool:
+        """Remove this session of the member; False if it was already gone or replaced."""
+
+    @abc.abstractmethod
+    async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
+        """Extend the presence of these (room_id, member) pairs, in one batched call."""
+
+    @abc.abstractmethod
+    async def members(self, room_id: str) -> tuple[Member, ...]:
+        """Live members of a room, never counting an expired one."""
+
+    @abc.abstractmethod
+    async def reap_expired(self) -> list[tuple[str, Member]]:
+        """Remove expired members; each is returned to exactly one caller, ever."""

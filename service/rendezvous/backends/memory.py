@@ -1,0 +1,138 @@
+"""In-process backend: the default with no Redis, and a faithful model of the contract.
+
+Several MemoryBackends may share one MemoryBroker, as instances share one Redis; the
+contract tests use that to prove cross-instance behaviour without a network. Each
+operation below runs without an await, so under asyncio it is atomic by construction:
+that is this backend's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rendezvous.backends.base import (
+    Backend,
+    BackendUnavailableError,
+    BusHandler,
+    JoinResult,
+    Member,
+    RoomFullError,
+)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class MemoryBroker:
+    """What instances share: presence with expiry times, and who listens to which room."""
+
+    clock: Clock = time.monotonic
+    presence: dict[str, dict[str, tuple[Member, float]]] = field(default_factory=dict)
+    listeners: dict[str, set[MemoryBackend]] = field(default_factory=dict)
+
+    def live(self, room_id: str) -> dict[str, tuple[Member, float]]:
+        now = self.clock()
+        entries = self.presence.get(room_id, {})
+        return {uid: entry for uid, entry in entries.items() if entry[1] > now}
+
+
+class MemoryBackend(Backend):
+    def __init__(self, *, presence_ttl_seconds: float, broker: MemoryBroker | None = None) -> None:
+        self.instance_id = uuid.uuid4().hex
+        self._ttl = presence_ttl_seconds
+        self._broker = broker if broker is not None else MemoryBroker()
+        self._on_message: BusHandler | None = None
+        self._rooms: set[str] = set()
+
+    async def start(self, on_message: BusHandler) -> None:
+        self._on_message = on_message
+
+    async def stop(self) -> None:
+        for room_id in list(self._rooms):
+            await self.unsubscribe(room_id)
+        self._on_message = None
+
+    @property
+    def ready(self) -> bool:
+        return self._on_message is not None
+
+    async def subscribe(self, room_id: str) -> None:
+        self._require_started()
+        self._rooms.add(room_id)
+        self._broker.listeners.setdefault(room_id, set()).add(self)
+
+    async def unsubscribe(self, room_id: str) -> None:
+        self._rooms.discard(room_id)
+        listeners = self._broker.listeners.get(room_id)
+        if listeners is not None:
+            listeners.discard(self)
+            if not listeners:
+                del self._broker.listeners[room_id]
+
+    def publish(self, room_id: str, data: bytes) -> None:
+        self._require_started()
+        loop = asyncio.get_running_loop()
+        for listener in self._broker.listeners.get(room_id, ()):
+            if listener is not self:
+                # call_soon keeps publish order and, like a real bus, delivers later.
+                loop.call_soon(listener._deliver, room_id, data)
+
+    def _deliver(self, room_id: str, data: bytes) -> None:
+        if self._on_message is not None and room_id in self._rooms:
+            self._on_message(room_id, data)
+
+    async def join(self, room_id: str, member: Member, *, capacity: int) -> JoinResult:
+        self._require_started()
+        live = self._broker.live(room_id)
+        previous = live.get(member.user_id)
+        if previous is None and len(live) >= capacity:
+            raise RoomFullError(room_id)
+        live[member.user_id] = (member, self._broker.clock() + self._ttl)
+        self._broker.presence[room_id] = {**self._broker.presence.get(room_id, {}), **live}
+        members = tuple(m for m, _ in live.values())
+        return JoinResult(members=members, replaced=previous[0] if previous else None)
+
+    async def leave(self, room_id: str, member: Member) -> bool:
+        entries = self._broker.presence.get(room_id, {})
+        current = entries.get(member.user_id)
+        if current is None or current[0].session_id != member.session_id:
+            return False
+        del entries[member.user_id]
+        if not entries:
+            self._broker.presence.pop(room_id, None)
+        return True
+
+    async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
+        self._require_started()
+        expires = self._broker.clock() + self._ttl
+        for room_id, member in entries:
+            current = self._broker.presence.get(room_id, {}).get(member.user_id)
+            # Only a live entry of this very session: an expired one is the reaper's.
+            live = current is not None and current[1] > self._broker.clock()
+            if live and current[0].session_id == member.session_id:  # type: ignore[index]
+                self._broker.presence[room_id][member.user_id] = (member, expires)
+
+    async def members(self, room_id: str) -> tuple[Member, ...]:
+        self._require_started()
+        return tuple(m for m, _ in self._broker.live(room_id).values())
+
+    async def reap_expired(self) -> list[tuple[str, Member]]:
+        self._require_started()
+        now = self._broker.clock()
+        reaped: list[tuple[str, Member]] = []
+        for room_id, entries in list(self._broker.presence.items()):
+            for user_id, (member, expires) in list(entries.items()):
+                if expires <= now:
+                    del entries[user_id]
+                    reaped.append((room_id, member))
+            if not entries:
+                del self._broker.presence[room_id]
+        return reaped
+
+    def _require_started(self) -> None:
+        if self._on_message is None:
+            raise BackendUnavailableError("memory backend is not started")

@@ -1,0 +1,62 @@
+"""What travels on a room channel between instances: a small routing header, then the
+client frame exactly as it will be sent, so no instance re-encodes a relayed message."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import orjson
+
+
+class BusKind(enum.StrEnum):
+    RELAY = "m"
+    JOINED = "j"
+    LEFT = "l"
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    """`user_id` is the sender of a relay, or the member a join/leave event is about."""
+
+    origin: str  # instance_id of the publisher, to drop our own echoes
+    kind: BusKind
+    user_id: str
+    frame: str
+    target: str | None = None  # relay only: deliver to this member alone
+    session_id: str = ""  # events only
+    username: str = ""
+    reason: str = ""
+
+
+class BusDecodeError(ValueError):
+    pass
+
+
+def encode_bus(message: BusMessage) -> bytes:
+    header = {"o": message.origin, "k": message.kind.value, "u": message.user_id}
+    if message.target is not None:
+        header["t"] = message.target
+    if message.kind is not BusKind.RELAY:
+        header.update(s=message.session_id, n=message.username, r=message.reason)
+    return orjson.dumps(header) + b"\n" + message.frame.encode()
+
+
+def decode_bus(data: bytes) -> BusMessage:
+    head, newline, frame = data.partition(b"\n")
+    try:
+        if not newline:
+            raise ValueError("no frame after the header")
+        header = orjson.loads(head)
+        return BusMessage(
+            origin=header["o"],
+            kind=BusKind(header["k"]),
+            user_id=header["u"],
+            frame=frame.decode(),
+            target=header.get("t"),
+            session_id=header.get("s", ""),
+            username=header.get("n", ""),
+            reason=header.get("r", ""),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BusDecodeError(f"undecodable bus message: {exc}") from exc

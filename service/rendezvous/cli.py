@@ -1,0 +1,208 @@
+"""`rendezvous serve | token | check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging.config
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from rendezvous.auth import mint_token
+from rendezvous.backends import create_backend
+from rendezvous.settings import SECRET_FIELDS, ConfigError, Settings, load_settings
+
+DEV_SECRET_BYTES = 48
+DEV_TOKEN_TTL_SECONDS = 24 * 3600
+EXIT_CONFIG = 2
+_DURATION = re.compile(r"(\d+)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.command(args)
+    except ConfigError as exc:
+        print(f"rendezvous: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rendezvous", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the signaling service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="with no JWT key configured, use a local dev key and print a ready token",
+    )
+    serve.set_defaults(command=_serve)
+
+    token = commands.add_parser("token", help="mint a JWT with the configured key")
+    token.add_argument("--user", required=True, help="the token's sub (user id)")
+    token.add_argument("--name", help="display name (the username claim)")
+    token.add_argument(
+        "--room", action="append", help="grant only this room (repeatable; prefix-* allowed)"
+    )
+    token.add_argument("--role", action="append", help="role claim, e.g. admin (repeatable)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 3600, 90s, 30m, 1h, 2d")
+    token.add_argument("--algorithm", default="HS256")
+    token.add_argument("--private-key", type=Path, help="PEM file for RS*/ES*/PS* algorithms")
+    token.set_defaults(command=_token)
+
+    check = commands.add_parser("check-config", help="print the effective configuration")
+    check.set_defaults(command=_check_config)
+    return parser
+
+
+# serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rendezvous.app import create_app  # imported late: `token` stays fast
+    from rendezvous.serving import uvicorn_config
+    from rendezvous.telemetry.logging import logging_config
+
+    settings = load_settings()
+    dev_token = None
+    if not settings.has_jwt_key:
+        if not args.dev:
+            raise ConfigError(
+                "no JWT key: set JWT_SECRET_KEY, JWT_PUBLIC_KEY or JWT_JWKS_URL "
+                "(or run `rendezvous serve --dev` on a workstation)"
+            )
+        settings = load_settings(jwt_secret_key=dev_secret(create=True))
+        dev_token = mint_token(
+            key=settings.jwt_secret_key or "", user_id="dev-user", ttl_seconds=DEV_TOKEN_TTL_SECONDS
+        )
+    app = create_app(settings)
+    instance_id = app.state.services.backend.instance_id
+    log_config = logging_config(debug=settings.debug, instance_id=instance_id)
+    logging.config.dictConfig(log_config)
+    if dev_token is not None:
+        _announce_dev_mode(args.host, args.port, dev_token)
+    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_config=log_config)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _announce_dev_mode(host: str, port: int, token: str) -> None:
+    logging.getLogger("rendezvous").warning(
+        "DEV MODE: tokens are signed with a local development key (%s); not for production",
+        dev_secret_path(),
+    )
+    base = f"{host}:{port}"
+    print(
+        f"\nRendezvous dev mode on http://{base}\n"
+        f"  dev token (24 h): {token}\n"
+        f"  WebSocket URL:    ws://{base}/webrtc/ws/demo?token={token}\n"
+        f"  ICE config:       curl -H 'Authorization: Bearer {token}' http://{base}/webrtc/config\n"
+        f"  more tokens:      rendezvous token --user alice --room demo --ttl 1h\n",
+        flush=True,
+    )
+
+
+def dev_secret_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "rendezvous" / "dev-jwt-secret"
+
+
+def dev_secret(*, create: bool) -> str:
+    """The dev-mode HS256 key: created once, 0600, shared by `serve --dev` and `token`."""
+    path = dev_secret_path()
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process created it first; read theirs
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(os.urandom(DEV_SECRET_BYTES).hex())
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            "no JWT key: set JWT_SECRET_KEY (or start `rendezvous serve --dev` once)"
+        ) from None
+
+
+# token
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.private_key is not None:
+        key = args.private_key.read_text()
+    elif args.algorithm.startswith("HS"):
+        key = settings.jwt_secret_key or dev_secret(create=False)
+    else:
+        raise ConfigError(f"--algorithm {args.algorithm} needs --private-key FILE")
+    print(
+        mint_token(
+            key=key,
+            user_id=args.user,
+            ttl_seconds=parse_duration(args.ttl),
+            algorithm=args.algorithm,
+            username=args.name,
+            rooms=args.room,
+            roles=args.role,
+        )
+    )
+    return 0
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ConfigError(f"--ttl: expected a duration such as 3600, 30m, 1h or 2d (got {text!r})")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+# check-config
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    create_backend(settings)  # refuses what this build cannot run
+    print(json.dumps(effective_config(settings), indent=2))
+    return 0
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """Every setting by its environment name, secrets masked, plus what they resolve to."""
+    shown: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = alias.choices[0] if alias is not None and hasattr(alias, "choices") else name
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS and value:
+            value = "***"
+        elif name == "jwt_public_key" and value:
+            value = f"(PEM, {len(value)} characters)"
+        shown[str(env)] = value
+    target = settings.redis_target
+    if settings.redis_url:
+        shown["REDIS_URL"] = target.masked() if target else None
+    shown["effective"] = {
+        "backend": f"redis ({target.mode.value})" if target else "memory",
+        "jwt_algorithms": list(settings.algorithms),
+        "stun_urls": list(settings.stun_url_list),
+        "turn_urls": list(settings.turn_url_list),
+        "allowed_origins": sorted(settings.allowed_origin_set) or "any",
+    }
+    return shown
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The hub: this instance's sessions by room, and delivery to them and through the bus.
+
+A message for a member on this instance is delivered directly; for members elsewhere it
+is published once on the room channel. Each room keeps a roster of every member on every
+instance (from the join snapshot and the join/leave events), which decides
+`target_not_found` and whether a message needs the bus at all, without a backend read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from rendezvous.backends.base import (
+    Backend,
+    BackendUnavailableError,
+    JoinResult,
+    Member,
+    RoomFullError,
+)
+from rendezvous.bus import BusDecodeError, BusKind, BusMessage, decode_bus, encode_bus
+from rendezvous.protocol import (
+    ErrorCode,
+    LeaveReason,
+    MessageType,
+    SignalingError,
+    encode,
+)
+from rendezvous.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Peer(Protocol):
+    """What the hub needs of a session."""
+
+    @property
+    def member(self) -> Member: ...
+
+    def deliver(self, frame: str) -> None:
+        """Queue a frame; never blocks, never raises."""
+
+    def close(self, error: SignalingError) -> None:
+        """Send the error frame, then close with its close code."""
+
+    @property
+    def last_seen(self) -> float:
+        """When the peer last proved alive, on the event loop's clock."""
+
+    def time_out(self) -> None:
+        """Drop a peer that stopped proving alive."""
+
+
+class _Joining:
+    """Everything said in a room while a member's join is in flight, replayed after its
+    `room_state` so that nothing between its subscription and its snapshot is lost."""
+
+    __slots__ = ("messages", "overflowed", "peer")
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.messages: list[BusMessage] = []
+        self.overflowed = False
+
+
+class LocalRoom:
+    """One room as this instance sees it."""
+
+    __slots__ = ("joining", "lock", "room_id", "roster", "sessions", "subscribed")
+
+    def __init__(self, room_id: str) -> None:
+        self.room_id = room_id
+        self.sessions: dict[str, Peer] = {}  # members on this instance, by user_id
+        self.roster: dict[str, Member] = {}  # members on every instance, by user_id
+        self.joining: dict[str, _Joining] = {}  # by session_id
+        self.lock = asyncio.Lock()  # orders subscribe/unsubscribe of the channel
+        self.subscribed = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.sessions and not self.joining
+
+
+class Hub:
+    def __init__(self, backend: Backend, *, metrics: Metrics, join_buffer_limit: int) -> None:
+        self._backend = backend
+        self._metrics = metrics
+        self._join_buffer_limit = join_buffer_limit
+        self._rooms: dict[str, LocalRoom] = {}
+
+    # Membership.
+
+    async def join(self, peer: Peer, room_id: str, *, capacity: int) -> LocalRoom:
+        """Subscribe, then join atomically, then announce; raise SignalingError if refused."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = LocalRoom(room_id)
+        member = peer.member
+        room.joining[member.session_id] = _Joining(peer)
+        try:
+            await self._subscribe(room)
+            result = await self._backend.join(room_id, member, capacity=capacity)
+        except BaseException as exc:
+            room.joining.pop(member.session_id, None)
+            await self._release(room)
+            if isinstance(exc, RoomFullError):
+                raise SignalingError(ErrorCode.ROOM_FULL, "the room is full") from exc
+            if isinstance(exc, BackendUnavailableError):
+                raise exc.to_signaling() from exc
+            raise
+        self._admit(room, peer, result, room.joining.pop(member.session_id))
+        return room
+
+    def _admit(self, room: LocalRoom, peer: Peer, result: JoinResult, joining: _Joining) -> None:
+        member = peer.member
+        for other in result.members:
+            room.roster[other.user_id] = other
+        previous = room.sessions.get(member.user_id)
+        room.sessions[member.user_id] = peer
+        participants = [{"user_id": m.user_id, "username": m.username} for m in result.members]
+        state = {
+            "room_id": room.room_id,
+            "participants": participants,
+            "participant_count": len(participants),
+        }
+        peer.deliver(encode(MessageType.ROOM_STATE, state, room_id=room.room_id))
+        self._replay(peer, result, joining)
+        if previous is not None:
+            previous.close(_replaced_error())
+        if result.replaced is not None:
+            self._emit(room, self._event(room, result.replaced, LeaveReason.REPLACED))
+        self._emit(room, self._event(room, member, None))
+        self._update_gauges()
+
+    def _replay(self, peer: Peer, result: JoinResult, joining: _Joining) -> None:
+        if joining.overflowed:
+            peer.close(SignalingError(ErrorCode.SLOW_CONSUMER, "too much traffic while joining"))
+            return
+        me = peer.member.user_id
+        known = {m.user_id: m.session_id for m in result.members}
+        for message in joining.messages:
+            if message.kind is BusKind.RELAY:
+                wanted = message.target == me or (message.target is None and message.user_id != me)
+            elif message.kind is BusKind.JOINED:
+                wanted = message.user_id != me and known.get(message.user_id) != message.session_id
+            else:
+                wanted = message.user_id != me and known.get(message.user_id) == message.session_id
+            if wanted:
+                peer.deliver(message.frame)
+
+    async def leave(self, peer: Peer, room: LocalRoom, *, reason: LeaveReason) -> None:
+        """Forget a session that ended; announce it unless it was replaced or already gone."""
+        member = peer.member
+        if room.sessions.get(member.user_id) is peer:
+            del room.sessions[member.user_id]
+        try:
+            removed = await self._backend.leave(room.room_id, member)
+        except BackendUnavailableError:
+            log.warning(
+                "could not remove a participant; its presence will expire",
+                extra={"room_id": room.room_id, "user_id": member.user_id},
+            )
+            removed = False
+        if removed:
+            self._emit(room, self._event(room, member, reason))
+        await self._release(room)
+        self._update_gauges()
+
+    def expired(self, room_id: str, member: Member) -> None:
+        """Announce a member the reaper removed (its instance stopped refreshing it)."""
+        room = self._rooms.get(room_id) or LocalRoom(room_id)
+        self._emit(room, self._event(room, member, LeaveReason.TIMEOUT))
+
+    def local_members(self) -> Iterator[tuple[str, Peer]]:
+        for room in self._rooms.values():
+            for peer in room.sessions.values():
+                yield room.room_id, peer
+
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    # The per-message path.
+
+    def relay(
+        self, peer: Peer, room: LocalRoom, kind: MessageType, payload: dict[str, Any]
+    ) -> None:
+        """Deliver a client message to its target, else to every other member of its room."""
+        sender = peer.member.user_id
+        target = payload.get("target_user_id")
+        frame = encode(kind, payload, room_id=room.room_id, sender_id=sender)
+        if target is not None:
+            if target not in room.roster:
+                raise SignalingError(
+                    ErrorCode.TARGET_NOT_FOUND, f"{target[:128]!r} is not in this room"
+                )
+            local = room.sessions.get(target)
+            if local is not None:
+                local.deliver(frame)
+            else:
+                self._publish_relay(room, sender, frame, target)
+        else:
+            for other in room.sessions.values():
+                if other is not peer:
+                    other.deliver(frame)
+            if len(room.roster) > len(room.sessions):  # members on other instances
+                self._publish_relay(room, sender, frame, None)
+        if room.joining:
+            self._buffer(room, BusMessage("", BusKind.RELAY, sender, frame, target))
+
+    def _publish_relay(self, room: LocalRoom, sender: str, frame: str, target: str | None) -> None:
+        message = BusMessage(self._backend.instance_id, BusKind.RELAY, sender, frame, target)
+        try:
+            self._backend.publish(room.room_id, encode_bus(message))
+        except BackendUnavailableError as exc:
+            raise exc.to_signaling() from exc
+
+    def on_bus_message(self, room_id: str, data: bytes) -> None:
+        """Deliver what another instance published (the backend's listener calls this)."""
+        try:
+            message = decode_bus(data)
+        except BusDecodeError:
+            log.exception("dropped an undecodable bus message", extra={"room_id": room_id})
+            return
+        room = self._rooms.get(room_id)
+        if room is None or message.origin == self._backend.instance_id:
+            return
+        if message.kind is BusKind.RELAY:
+            if message.target is not None:
+                local = room.sessions.get(message.target)
+                if local is not None:
+                    local.deliver(message.frame)
+            else:
+                for other in room.sessions.values():
+                    if other.member.user_id != message.user_id:
+                        other.deliver(message.frame)
+        else:
+            self._apply_event(room, message)
+        if room.joining:
+            self._buffer(room, message)
+
+    # Join and leave events.
+
+    def _event(self, room: LocalRoom, member: Member, reason: LeaveReason | None) -> BusMessage:
+        person = {"user_id": member.user_id, "username": member.username}
+        if reason is None:
+            kind, frame = (
+                BusKind.JOINED,
+                encode(MessageType.USER_JOINED, person, room_id=room.room_id),
+            )
+        else:
+            payload = {**person, "reason": reason.value}
+            kind, frame = BusKind.LEFT, encode(MessageType.USER_LEFT, payload, room_id=room.room_id)
+        return BusMessage(
+            origin=self._backend.instance_id,
+            kind=kind,
+            user_id=member.user_id,
+            frame=frame,
+            session_id=member.session_id,
+            username=member.username,
+            reason=reason.value if reason else "",
+        )
+
+    def _emit(self, room: LocalRoom, event: BusMessage) -> None:
+        """Apply an event of ours here, then tell the other instances."""
+        self._apply_event(room, event)
+        if room.joining:
+            self._buffer(room, event)
+        try:
+            self._backend.publish(room.room_id, encode_bus(event))
+        except BackendUnavailableError:
+            log.warning(
+                "could not announce %s to other instances",
+                event.kind.name.lower(),
+                extra={"room_id": room.room_id, "user_id": event.user_id},
+            )
+
+    def _apply_event(self, room: LocalRoom, event: BusMessage) -> None:
+        user_id = event.user_id
+        if event.kind is BusKind.JOINED:
+            room.roster[user_id] = Member(user_id, event.username, event.session_id)
+        else:
+            known = room.roster.get(user_id)
+            if known is not None and known.session_id == event.session_id:
+                del room.roster[user_id]
+            local = room.sessions.get(user_id)
+            replaced = event.reason == LeaveReason.REPLACED.value
+            if replaced and local is not None and local.member.session_id == event.session_id:
+                local.close(_replaced_error())  # the user rejoined on another instance
+        for other in room.sessions.values():
+            if other.member.user_id != user_id:
+                other.deliver(event.frame)
+
+    def _buffer(self, room: LocalRoom, message: BusMessage) -> None:
+        for joining in room.joining.values():
+            if len(joining.messages) < self._join_buffer_limit:
+                joining.messages.append(message)
+            else:
+                joining.overflowed = True
+
+    # Room channel subscriptions: the first local member subscribes, the last unsubscribes.
+
+    async def _subscribe(self, room: LocalRoom) -> None:
+        async with room.lock:
+            if not room.subscribed:
+                await self._backend.subscribe(room.room_id)
+                room.subscribed = True
+
+    async def _release(self, room: LocalRoom) -> None:
+        if not room.idle:
+            return
+        async with room.lock:
+            if room.subscribed and room.idle:
+                try:
+                    await self._backend.unsubscribe(room.room_id)
+                except BackendUnavailableError:
+                    log.warning("unsubscribe failed", extra={"room_id": room.room_id})
+                room.subscribed = False
+            if room.idle and not room.subscribed and self._rooms.get(room.room_id) is room:
+                del self._rooms[room.room_id]
+
+    def _update_gauges(self) -> None:
+        self._metrics.rooms.set(len(self._rooms))
+        self._metrics.participants.set(sum(len(r.sessions) for r in self._rooms.values()))
+
+
+def _replaced_error() -> SignalingError:
+    return SignalingError(ErrorCode.SESSION_REPLACED, "you joined this room again elsewhere")

@@ -1,0 +1,25 @@
+"""What the routes share, built once per app by `create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rendezvous.auth import Authenticator
+from rendezvous.backends.base import Backend
+from rendezvous.hub import Hub
+from rendezvous.limits import SessionLimits
+from rendezvous.settings import Settings
+from rendezvous.telemetry.metrics import Metrics
+from rendezvous.turn.credentials import IceServerProvider
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    backend: Backend
+    hub: Hub
+    authenticator: Authenticator
+    ice: IceServerProvider
+    metrics: Metrics
+    limits: SessionLimits
+    connections: int = 0  # WebSockets in a handshake or open, for WEBRTC_MAX_CONNECTIONS

@@ -1,0 +1,135 @@
+"""Running the app under uvicorn: the WebSocket layer sized from the settings, a handshake
+deadline, and a per-connection control that ASGI itself does not offer.
+
+This is the one module that knows uvicorn's protocol classes. `rendezvous serve` uses it;
+the app still runs under any ASGI server, but without the handshake deadline and with
+a softer slow-consumer abort (see `ConnectionControl`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+from rendezvous.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONNECTION_EXTENSION = "rendezvous.connection"
+
+
+class ConnectionControl:
+    """Handed to the app in the scope's extensions: when the peer last sent anything (a
+    frame or a pong, on the loop's clock), and a hard abort that works even when the
+    peer has stopped reading and a polite close would wait behind a full buffer."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: RendezvousWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def last_seen(self) -> float:
+        return self._protocol.last_seen
+
+    def abort(self) -> None:
+        if self._protocol.transport is not None:
+            self._protocol.transport.abort()
+
+
+class RendezvousWebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_seen = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = self.loop.time()
+        super().data_received(data)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # absent when the handshake was refused
+        if scope is not None:
+            scope["extensions"][CONNECTION_EXTENSION] = ConnectionControl(self)
+
+    def keepalive_timeout(self) -> None:
+        # uvicorn closes politely; a vanished peer never acknowledges, so abort instead.
+        super().keepalive_timeout()
+        self.transport.abort()
+
+
+class DeadlineHttpProtocol(HttpToolsProtocol):
+    """Drops a connection whose request headers do not arrive within the deadline, so
+    half-open handshakes cannot pile up (uvicorn has no such timeout of its own)."""
+
+    handshake_timeout_seconds = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(
+            self.handshake_timeout_seconds, self._handshake_expired
+        )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # the next request on a kept-alive connection
+            self._deadline = self.loop.call_later(
+                self.handshake_timeout_seconds, self._handshake_expired
+            )
+
+    def on_headers_complete(self) -> None:
+        self._cancel_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        log.info(
+            "dropped a connection that sent no complete request within %.1fs",
+            self.handshake_timeout_seconds,
+            extra={"client": f"{self.client[0]}:{self.client[1]}" if self.client else ""},
+        )
+        self.transport.abort()
+
+
+def http_protocol_for(settings: Settings) -> type[DeadlineHttpProtocol]:
+    return type(
+        "DeadlineHttpProtocol",
+        (DeadlineHttpProtocol,),
+        {"handshake_timeout_seconds": settings.handshake_timeout_seconds},
+    )
+
+
+def uvicorn_config(
+    app: Any, settings: Settings, *, host: str, port: int, log_config: dict[str, Any] | None
+) -> uvicorn.Config:
+    """The uvicorn configuration `rendezvous serve` runs with."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=http_protocol_for(settings),
+        ws=RendezvousWebSocketProtocol,
+        ws_max_size=settings.ws_frame_limit_bytes,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_interval_seconds,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        log_config=log_config,
+        proxy_headers=True,
+        server_header=False,
+        lifespan="on",
+    )

@@ -1,0 +1,247 @@
+"""One signaling WebSocket: the receive loop with its limits, and a bounded send queue.
+
+Frames go out through one writer task per session, so a peer that stops reading only
+fills its own queue; past the bound it is disconnected (`slow_consumer`) while the rest
+of the room carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from rendezvous.auth import Identity
+from rendezvous.backends.base import Member
+from rendezvous.hub import Hub, LocalRoom
+from rendezvous.limits import SessionLimits, TokenBucket
+from rendezvous.protocol import (
+    CloseCode,
+    ErrorCode,
+    LeaveReason,
+    MessageType,
+    SignalingError,
+    encode,
+    error_frame,
+    invalid,
+    parse_client_frame,
+)
+from rendezvous.serving import CONNECTION_EXTENSION, ConnectionControl
+from rendezvous.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# After a close is queued, how long the writer may take to flush it before we abort.
+CLOSE_FLUSH_SECONDS = 2.0
+
+
+class Session:
+    """A member's connection to one room."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        identity: Identity,
+        room_id: str,
+        *,
+        hub: Hub,
+        limits: SessionLimits,
+        metrics: Metrics,
+    ) -> None:
+        self._websocket = websocket
+        self._room_id = room_id
+        self._hub = hub
+        self._limits = limits
+        self._metrics = metrics
+        self._loop = asyncio.get_running_loop()
+        self.member = Member(identity.user_id, identity.username, secrets.token_hex(8))
+        self._connection: ConnectionControl | None = websocket.scope.get("extensions", {}).get(
+            CONNECTION_EXTENSION
+        )
+        self._last_frame_at = self._loop.time()
+        self._bucket = TokenBucket(
+            rate=limits.rate_per_second, burst=limits.burst, now=self._last_frame_at
+        )
+        # A frame this short is within the byte limit whatever its characters (UTF-8 <= 4x).
+        self._always_small_chars = limits.max_message_bytes // 4
+        self._queue: deque[str] = deque()
+        self._queued_chars = 0
+        self._ready = asyncio.Event()
+        self._closing: SignalingError | None = None
+        self.leave_reason = LeaveReason.LEFT
+        self._room: LocalRoom | None = None
+
+    # Lifecycle.
+
+    async def run(self, *, capacity: int) -> None:
+        """Join, relay until the socket ends, leave. Never raises for a client's doing."""
+        writer = asyncio.create_task(
+            self._write(), name=f"rendezvous.send:{self.member.session_id}"
+        )
+        try:
+            try:
+                self._room = await self._hub.join(self, self._room_id, capacity=capacity)
+            except SignalingError as error:
+                self.close(error)
+                return
+            try:
+                await self._read(self._room)
+            except Exception:
+                log.exception("session failed", extra=self._log_context())
+                self.close(SignalingError(ErrorCode.INTERNAL_ERROR, "internal error"))
+            finally:
+                await self._hub.leave(self, self._room, reason=self.leave_reason)
+        finally:
+            await self._finish(writer)
+
+    async def _finish(self, writer: asyncio.Task[None]) -> None:
+        if self._closing is not None and not writer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), CLOSE_FLUSH_SECONDS)
+            except TimeoutError:
+                self.abort()
+        writer.cancel()
+        try:
+            await writer
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+
+    @property
+    def last_seen(self) -> float:
+        """When the peer last proved alive (any frame, or a pong), on the loop's clock."""
+        if self._connection is not None:
+            return self._connection.last_seen
+        return self._last_frame_at
+
+    def time_out(self) -> None:
+        """The peer stopped answering: drop the socket; its leave says `timeout`."""
+        self.leave_reason = LeaveReason.TIMEOUT
+        self.abort()
+
+    def abort(self) -> None:
+        if self._connection is not None:
+            self._connection.abort()
+        else:  # not under `rendezvous serve`: the best ASGI offers is to stop writing
+            self._closing = self._closing or SignalingError(ErrorCode.INTERNAL_ERROR, "aborted")
+            self._ready.set()
+
+    # Outbound.
+
+    def deliver(self, frame: str) -> None:
+        """Queue one frame for this peer; the per-message path, so keep it tiny."""
+        if self._closing is not None:
+            return
+        size = len(frame)  # characters: close enough to bytes for a memory bound
+        if (
+            len(self._queue) >= self._limits.queue_max_messages
+            or self._queued_chars + size > self._limits.queue_max_bytes
+        ):
+            self._slow_consumer()
+            return
+        self._queue.append(frame)
+        self._queued_chars += size
+        self._ready.set()
+
+    def close(self, error: SignalingError) -> None:
+        """Send `error` after what is queued, then close with its close code."""
+        if self._closing is not None:
+            return
+        self._closing = error
+        self._metrics.error(error.code.value)
+        self._queue.append(error_frame(error, room_id=self._room_id))
+        self._ready.set()
+
+    def _slow_consumer(self) -> None:
+        log.info("disconnecting a slow consumer", extra=self._log_context())
+        self._queue.clear()
+        self._queued_chars = 0
+        self.close(SignalingError(ErrorCode.SLOW_CONSUMER, "you are not reading fast enough"))
+        # Its buffers are full, so the close frame may never leave: abort if it does not.
+        self._loop.call_later(CLOSE_FLUSH_SECONDS, self.abort)
+
+    async def _write(self) -> None:
+        send = self._websocket.send
+        queue = self._queue
+        try:
+            while True:
+                while queue:
+                    frame = queue.popleft()
+                    self._queued_chars -= len(frame)
+                    await send({"type": "websocket.send", "text": frame})
+                if self._closing is not None:
+                    code = self._closing.close_code
+                    await send({"type": "websocket.close", "code": code or 1000})
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+        except WebSocketDisconnect:
+            return  # the peer is gone; the reader sees it too
+        except Exception:
+            log.exception("send loop failed", extra=self._log_context())
+            self.abort()
+
+    # Inbound.
+
+    async def _read(self, room: LocalRoom) -> None:
+        receive = self._websocket.receive
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if self._closing is None:
+                self._on_frame(room, message)
+
+    def _on_frame(self, room: LocalRoom, message: Mapping[str, Any]) -> None:
+        now = self._loop.time()
+        self._last_frame_at = now
+        kind: str = "invalid"
+        try:
+            text = message.get("text")
+            if text is None:
+                raise invalid("binary frames are not accepted; send JSON text")
+            self._check_size(text)
+            kind, payload = parse_client_frame(text, room_id=self._room_id)
+            if kind is MessageType.PING:
+                self._take(1, now)
+                self.deliver(encode(MessageType.PONG, payload, room_id=self._room_id))
+            else:
+                targeted = payload.get("target_user_id") is not None
+                self._take(1 if targeted else len(room.roster) - 1, now)
+                self._hub.relay(self, room, kind, payload)
+            self._metrics.message(kind, "ok")
+        except SignalingError as error:
+            self._metrics.message(kind, error.code.value)
+            if error.close_code is not None:
+                self.close(error)
+            else:
+                self._metrics.error(error.code.value)
+                self.deliver(error_frame(error, room_id=self._room_id))
+
+    def _check_size(self, text: str) -> None:
+        limit = self._limits.max_message_bytes
+        if len(text) > self._always_small_chars and (
+            len(text) > limit or len(text.encode()) > limit
+        ):
+            raise SignalingError(
+                ErrorCode.MESSAGE_TOO_LARGE, f"frames are limited to {limit} bytes"
+            )
+
+    def _take(self, cost: int, now: float) -> None:
+        if self._bucket.take(max(cost, 1), now):
+            return
+        if self._bucket.abusive:
+            raise SignalingError(
+                ErrorCode.RATE_LIMITED,
+                "too many frames dropped",
+                close_code=CloseCode.POLICY_VIOLATION,
+            )
+        raise SignalingError(ErrorCode.RATE_LIMITED, "rate limit exceeded; frame dropped")
+
+    def _log_context(self) -> dict[str, str]:
+        return {"room_id": self._room_id, "user_id": self.member.user_id}

@@ -1,0 +1,1 @@
+"""Metrics and logging (tracing arrives with the observability issue)."""

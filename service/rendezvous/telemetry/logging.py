@@ -1,0 +1,89 @@
+"""JSON log lines, with tokens redacted from every record that reaches a handler."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# A token may ride in a query (`?token=`), an Authorization header or a subprotocol.
+_TOKEN_PATTERNS = (
+    re.compile(r"(?i)(\btoken=)[^&\s\"']+"),
+    re.compile(r"(?i)(\bbearer[ .])[A-Za-z0-9._~+/=-]+"),
+)
+REDACTED = "[redacted]"
+# Attributes a LogRecord always has; anything else came in through `extra=`.
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
+}
+
+
+def redact(text: str) -> str:
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(rf"\g<1>{REDACTED}", text)
+    return text
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites the message of every record (uvicorn's access and error lines included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, instance_id: str = "") -> None:
+        super().__init__()
+        self._instance_id = instance_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self._instance_id:
+            line["instance_id"] = self._instance_id
+        line.update(
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
+        )
+        if record.exc_info:
+            line["exception"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(line, default=str).decode()
+
+
+def logging_config(*, debug: bool, instance_id: str) -> dict[str, Any]:
+    """A dictConfig for the whole process: one JSON handler on stderr, tokens redacted."""
+    level = "DEBUG" if debug else "INFO"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": RedactTokens}},
+        "formatters": {"json": {"()": JsonFormatter, "instance_id": instance_id}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "json",
+                "filters": ["redact"],
+            }
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "rendezvous": {"handlers": ["stderr"], "level": level, "propagate": False},
+        },
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+    }

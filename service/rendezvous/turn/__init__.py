@@ -1,0 +1,1 @@
+"""ICE servers for `/webrtc/config`: where TURN credentials come from."""
