@@ -15,6 +15,7 @@ from rendezvous.api.deps import ApiError
 from rendezvous.auth import Authenticator
 from rendezvous.backends import create_backend
 from rendezvous.backends.base import Backend
+from rendezvous.draining import Drainer
 from rendezvous.hub import Hub
 from rendezvous.limits import SessionLimits
 from rendezvous.presence import PresenceKeeper
@@ -31,14 +32,16 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     settings = settings or load_settings()
     backend = backend or create_backend(settings)
     metrics = Metrics()
+    hub = Hub(backend, metrics=metrics, join_buffer_limit=settings.send_queue_max_messages)
     services = Services(
         settings=settings,
         backend=backend,
-        hub=Hub(backend, metrics=metrics, join_buffer_limit=settings.send_queue_max_messages),
+        hub=hub,
         authenticator=Authenticator(settings),
         ice=StaticIceServers(settings),
         metrics=metrics,
         limits=SessionLimits.from_settings(settings),
+        drainer=Drainer(hub, window_seconds=settings.drain_window_seconds),
     )
     app = FastAPI(title="Rendezvous", version="0.1.0", lifespan=_lifespan)
     app.state.services = services

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from rendezvous.auth import mint_token
 from rendezvous.backends import create_backend
 from rendezvous.settings import SECRET_FIELDS, ConfigError, Settings, load_settings
@@ -70,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from rendezvous.app import create_app  # imported late: `token` stays fast
-    from rendezvous.serving import uvicorn_config
+    from rendezvous.serving import DrainingServer, uvicorn_config
     from rendezvous.telemetry.logging import logging_config
 
     settings = load_settings()
@@ -92,7 +90,12 @@ def _serve(args: argparse.Namespace) -> int:
     if dev_token is not None:
         _announce_dev_mode(args.host, args.port, dev_token)
     config = uvicorn_config(app, settings, host=args.host, port=args.port, log_config=log_config)
-    uvicorn.Server(config).run()
+    server = DrainingServer(
+        config,
+        drainer=app.state.services.drainer,
+        deadline_seconds=settings.drain_deadline_seconds,
+    )
+    server.run()
     return 0
 
 

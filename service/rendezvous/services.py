@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from rendezvous.auth import Authenticator
 from rendezvous.backends.base import Backend
+from rendezvous.draining import Drainer
 from rendezvous.hub import Hub
 from rendezvous.limits import SessionLimits
 from rendezvous.settings import Settings
@@ -22,4 +23,5 @@ class Services:
     ice: IceServerProvider
     metrics: Metrics
     limits: SessionLimits
+    drainer: Drainer
     connections: int = 0  # WebSockets in a handshake or open, for WEBRTC_MAX_CONNECTIONS

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -17,11 +18,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from rendezvous.draining import Drainer
 from rendezvous.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CONNECTION_EXTENSION = "rendezvous.connection"
+# Of the drain deadline, what is kept for uvicorn's own shutdown and the app's lifespan.
+SHUTDOWN_RESERVE_SECONDS = 2.0
 
 
 class ConnectionControl:
@@ -132,4 +136,44 @@ def uvicorn_config(
         proxy_headers=True,
         server_header=False,
         lifespan="on",
+        timeout_graceful_shutdown=int(SHUTDOWN_RESERVE_SECONDS),
     )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM (or Ctrl-C) drains before shutting down; a second
+    one shuts down at once. The whole drain is bounded by WEBRTC_DRAIN_DEADLINE."""
+
+    def __init__(
+        self, config: uvicorn.Config, *, drainer: Drainer, deadline_seconds: float
+    ) -> None:
+        super().__init__(config)
+        self._drainer = drainer
+        self._drain_budget = max(deadline_seconds - SHUTDOWN_RESERVE_SECONDS, 0.0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is None or not self.started or self._drainer.draining:
+            super().handle_exit(sig, frame)
+            return
+        self._drainer.draining = True  # readiness fails from this instant
+        self._captured_signals.append(sig)  # uvicorn re-raises it once it has stopped
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.create_task(self._drain(), name="rendezvous.drain")
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self._drainer.drain(), self._drain_budget)
+        except TimeoutError:
+            log.warning("drain deadline reached; closing the remaining connections")
+        except Exception:
+            log.exception("drain failed; shutting down")
+        finally:
+            self.should_exit = True

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         10.0, gt=0, le=300, validation_alias=_env("WEBRTC_HANDSHAKE_TIMEOUT")
     )
 
+    # Graceful drain on SIGTERM.
+    drain_window_seconds: float = Field(5.0, ge=0, validation_alias=_env("WEBRTC_DRAIN_WINDOW"))
+    drain_deadline_seconds: float = Field(
+        25.0, gt=0, validation_alias=_env("WEBRTC_DRAIN_DEADLINE")
+    )
+
     # Per-connection limits.
     max_message_bytes: int = Field(
         65536, ge=1024, le=16 * 1024 * 1024, validation_alias=_env("WEBRTC_MAX_MESSAGE_BYTES")
@@ -107,6 +113,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "WEBRTC_WS_PING_INTERVAL must be shorter than WEBRTC_ROOM_PRESENCE_TTL"
             )
+        if self.drain_window_seconds >= self.drain_deadline_seconds:
+            raise ValueError("WEBRTC_DRAIN_WINDOW must be shorter than WEBRTC_DRAIN_DEADLINE")
         for name in self.algorithms:
             if name not in HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS:
                 raise ValueError(f"JWT_ALGORITHMS: unsupported algorithm {name!r}")

@@ -18,8 +18,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
-    ready = services.backend.ready
-    body = {"status": "ready" if ready else "not ready", "backend": "ok" if ready else "down"}
+    backend_up = services.backend.ready
+    draining = services.drainer.draining
+    ready = backend_up and not draining
+    body = {
+        "status": "ready" if ready else "not ready",
+        "backend": "ok" if backend_up else "down",
+        "draining": draining,
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

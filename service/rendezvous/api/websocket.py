@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
+from fastapi.responses import PlainTextResponse
 
 from rendezvous.api.deps import ServicesDep, bearer_token
 from rendezvous.protocol import ErrorCode, SignalingError, error_frame, is_valid_room_id
@@ -20,6 +21,10 @@ async def signaling(websocket: WebSocket, room_id: str, services: ServicesDep) -
     origin = websocket.headers.get("origin")
     if allowed and origin is not None and origin.rstrip("/") not in allowed:
         await websocket.close(code=1008)  # before accept: the client sees HTTP 403
+        return
+    if services.drainer.draining:
+        # Before accept: a proxy sees HTTP 503 and retries another upstream.
+        await websocket.send_denial_response(PlainTextResponse("draining", status_code=503))
         return
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)

@@ -1,0 +1,94 @@
+"""Graceful drain on SIGTERM, with the real `rendezvous serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+import websockets
+
+from tests.support.client import Client, joined
+from tests.support.process import served
+from tests.support.tokens import token
+
+DRAIN_ENV = {"WEBRTC_DRAIN_WINDOW": "1", "WEBRTC_DRAIN_DEADLINE": "4"}
+
+
+async def _closed_at(client: Client) -> tuple[float, list[dict[str, object]], int | None]:
+    """Read until the server closes; return when, what arrived, and the close code."""
+    frames: list[dict[str, object]] = []
+    try:
+        while True:
+            frames.append(await client.recv(timeout=10))
+    except websockets.ConnectionClosed:
+        pass
+    return time.monotonic(), frames, client.connection.close_code
+
+
+async def test_sigterm_drains_clients_over_the_window_then_exits() -> None:
+    with served(DRAIN_ENV) as server:
+        urls = [server.ws_url("drain", token(user)) for user in ("a", "b", "c")]
+        async with joined(urls[0]) as (a, _), joined(urls[1]) as (b, _), joined(urls[2]) as (c, _):
+            await a.expect("user_joined")
+            await a.expect("user_joined")
+            await b.expect("user_joined")
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(f"{server.http}/readyz")).status_code == 503
+                assert (await http.get(f"{server.http}/healthz")).status_code == 200
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(server.ws_url("drain", token("late"))):
+                    pass
+            assert refused.value.response.status_code == 503
+
+            results = await asyncio.gather(*(_closed_at(client) for client in (a, b, c)))
+        for _, frames, code in results:
+            assert code == 1012
+            errors = [f for f in frames if f["type"] == "error"]
+            assert [e["payload"]["code"] for e in errors] == ["server_draining"]  # type: ignore[index]
+            reasons = {f["payload"]["reason"] for f in frames if f["type"] == "user_left"}  # type: ignore[index]
+            assert reasons <= {"left"}  # participants leave at once, never a later timeout
+        close_times = sorted(at for at, _, _ in results)
+        # Three sessions over a 1 s window: spread out, yet all within twice the window.
+        assert close_times[-1] - close_times[0] >= 0.3
+        assert close_times[-1] - signalled <= 2.0
+        returncode = await asyncio.to_thread(server.process.wait, 8)
+        assert time.monotonic() - signalled <= 2 * 4
+        assert returncode in (0, -signal.SIGTERM)
+
+
+def _stalled_websocket(port: int) -> socket.socket:
+    """A client that completes the handshake, then never reads or answers again."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /webrtc/ws/drain?token={token('stuck')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+async def test_drain_exits_by_the_deadline_even_if_a_client_never_closes() -> None:
+    with served(DRAIN_ENV) as server:
+        stuck = _stalled_websocket(server.port)
+        try:
+            await asyncio.sleep(0.3)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            returncode = await asyncio.to_thread(server.process.wait, 12)
+            assert time.monotonic() - signalled <= 2 * 4
+            assert returncode in (0, -signal.SIGTERM)
+        finally:
+            stuck.close()
