@@ -55,6 +55,7 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def connect(url: str, **kwargs: Any) -> AsyncIterator[Client]:
+    kwargs.setdefault("proxy", None)  # loopback only, whatever proxy the environment names
     async with websockets.connect(url, open_timeout=5, close_timeout=2, **kwargs) as connection:
         yield Client(connection)
 

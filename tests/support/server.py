@@ -36,6 +36,9 @@ def test_settings(**overrides: Any) -> Settings:
     return load_settings(**values)
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @dataclass
 class RunningServer:
     app: FastAPI

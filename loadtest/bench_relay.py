@@ -1,0 +1,511 @@
+"""Relay benchmark: N pairs of clients ping-pong targeted offers through one real
+`rendezvous serve` and print relayed messages/s, one-way latency p50/p99 and the server's
+CPU microseconds per relayed message (from the server process's own accounting).
+
+    .venv/bin/python loadtest/bench_relay.py [--pairs 20 --seconds 10 --sdp-bytes 1024]
+
+Everything runs on 127.0.0.1; the run stops by itself and always stops the server.
+The clients run in their own process(es), so the server's CPU figure is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import http.client
+import multiprocessing
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from rendezvous.auth import mint_token
+
+HOST = "127.0.0.1"
+SERVER_START_TIMEOUT_SECONDS = 20.0
+CLIENTS_READY_TIMEOUT_SECONDS = 60.0
+SERVER_STOP_TIMEOUT_SECONDS = 10.0
+# After the window, how long in-flight offers get to come home before the clients hang up.
+DRAIN_GRACE_SECONDS = 1.0
+TOKEN_TTL_SECONDS = 3600
+# High enough never to drop a frame: this measures relaying, not the rate limiter.
+UNLIMITED_RATE = "1000000000"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    pairs: int
+    seconds: float
+    warmup_seconds: float
+    sdp_bytes: int
+    window: int
+    client_processes: int
+    port: int
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One pair: two users alone in their own room, each with a token for it."""
+
+    room: str
+    users: tuple[str, str]
+    tokens: tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    port: int
+    pairs: list[PairSpec]
+    sdp_bytes: int
+    window: int
+
+
+@dataclass
+class ClientReport:
+    """What one client process saw; latencies are nanoseconds, for offers received in the
+    measured window."""
+
+    received_in_window: int = 0
+    sent_total: int = 0
+    received_total: int = 0
+    latencies_ns: bytes = b""
+    unexpected: Counter[str] = field(default_factory=Counter)
+    cpu_seconds: float = 0.0
+
+
+# The offers.
+
+
+def make_sdp(size: int) -> str:
+    """A data-channel offer as a browser writes it, padded to exactly `size` bytes."""
+    lines = [
+        "v=0",
+        f"o=- {secrets.randbelow(10**18)} 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=extmap-allow-mixed",
+        "a=msid-semantic: WMS",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "c=IN IP4 0.0.0.0",
+        "a=ice-ufrag:" + secrets.token_hex(2),
+        "a=ice-pwd:" + secrets.token_hex(12),
+        "a=ice-options:trickle",
+        "a=fingerprint:sha-256 " + ":".join(f"{b:02X}" for b in secrets.token_bytes(32)),
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sctp-port:5000",
+        "a=max-message-size:262144",
+    ]
+    sdp = "".join(line + "\r\n" for line in lines)
+    padding = "a=x-bench-padding:"
+    missing = size - len(sdp) - len(padding) - 2
+    if missing < 0:  # smaller than a real offer: cut it (the server does not parse SDP)
+        return sdp[:size]
+    return sdp + padding + "x" * missing + "\r\n"
+
+
+@dataclass(frozen=True)
+class OfferTemplate:
+    """An offer frame to `target`, pre-encoded but for its send time (`sent_ns`)."""
+
+    prefix: str
+    suffix: str
+
+    @classmethod
+    def to(cls, target: str, sdp: str) -> OfferTemplate:
+        payload = {"type": "offer", "sdp": sdp, "target_user_id": target, "sent_ns": -1}
+        text = orjson.dumps({"type": "offer", "payload": payload}).decode()
+        prefix, suffix = text.split('"sent_ns":-1')
+        return cls(prefix + '"sent_ns":', suffix)
+
+    def frame(self, sent_ns: int) -> str:
+        return f"{self.prefix}{sent_ns}{self.suffix}"
+
+
+# The client process: it owns every connection of its pairs.
+
+
+class Bouncer:
+    """One client connection: sends back an offer for every offer it receives, stamped with
+    the send time; records one-way latency for offers that arrive inside the window."""
+
+    def __init__(
+        self, connection: ClientConnection, reply: OfferTemplate, report: ClientReport
+    ) -> None:
+        self._connection = connection
+        self._reply = reply
+        self._report = report
+        self.latencies = array.array("q")
+
+    async def send(self) -> None:
+        await self._connection.send(self._reply.frame(time.perf_counter_ns()))
+        self._report.sent_total += 1
+
+    async def run(self, *, begin_ns: int, end_ns: int, serve: int) -> None:
+        for _ in range(serve):
+            await self.send()
+        report, latencies, clock = self._report, self.latencies, time.perf_counter_ns
+        async for text in self._connection:
+            now = clock()
+            frame = orjson.loads(text)
+            if frame["type"] != "offer":
+                code = frame["payload"].get("code") if frame["type"] == "error" else None
+                report.unexpected[f"{frame['type']}:{code}" if code else frame["type"]] += 1
+                continue
+            report.received_total += 1
+            if begin_ns <= now < end_ns:
+                report.received_in_window += 1
+                latencies.append(now - frame["payload"]["sent_ns"])
+            if now < end_ns:
+                await self.send()
+
+
+async def _expect(connection: ClientConnection, kind: str) -> dict[str, Any]:
+    frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(connection.recv(), 10))
+    if frame["type"] != kind:
+        raise RuntimeError(f"expected {kind}, got {frame}")
+    return frame
+
+
+async def _drive(job: ClientJob, pipe: Connection) -> ClientReport:
+    report = ClientReport()
+    sdp = make_sdp(job.sdp_bytes)
+    async with contextlib.AsyncExitStack() as stack:
+        bouncers: list[tuple[Bouncer, int]] = []
+        for pair in job.pairs:
+            first, second = [
+                await stack.enter_async_context(_connect(job.port, pair.room, token))
+                for token in pair.tokens
+            ]
+            await _expect(first, "room_state")
+            await _expect(second, "room_state")
+            await _expect(first, "user_joined")
+            a_user, b_user = pair.users
+            # The first member opens `window` exchanges; the second only answers.
+            bouncers.append((Bouncer(first, OfferTemplate.to(b_user, sdp), report), job.window))
+            bouncers.append((Bouncer(second, OfferTemplate.to(a_user, sdp), report), 0))
+        pipe.send(("ready",))
+        begin_ns, end_ns = await asyncio.to_thread(pipe.recv)
+        tasks = [
+            asyncio.create_task(bouncer.run(begin_ns=begin_ns, end_ns=end_ns, serve=serve))
+            for bouncer, serve in bouncers
+        ]
+        await _sleep_until_async(begin_ns)
+        cpu_begin = time.process_time()
+        await _sleep_until_async(end_ns)
+        report.cpu_seconds = time.process_time() - cpu_begin
+        await asyncio.sleep(DRAIN_GRACE_SECONDS)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    latencies = array.array("q")
+    for bouncer, _ in bouncers:
+        latencies.extend(bouncer.latencies)
+    report.latencies_ns = latencies.tobytes()
+    return report
+
+
+def _connect(port: int, room: str, token: str) -> connect:
+    return connect(
+        f"ws://{HOST}:{port}/webrtc/ws/{room}?token={token}",
+        compression=None,
+        proxy=None,  # loopback only, whatever proxy the environment names
+        ping_interval=None,
+        open_timeout=10,
+        close_timeout=2,
+    )
+
+
+async def _sleep_until_async(instant_ns: int) -> None:
+    await asyncio.sleep(max(instant_ns - time.perf_counter_ns(), 0) / 1e9)
+
+
+def run_clients(job: ClientJob, pipe: Connection) -> None:
+    """Entry point of a client process: connect, report ready, run the window, report."""
+    drive: Coroutine[Any, Any, ClientReport] = _drive(job, pipe)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        pipe.send(("done", runner.run(drive)))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop  # installed with uvicorn[standard]; the server runs on it too
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+# The server process.
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_environment(secret: str) -> dict[str, str]:
+    """This machine's environment without any Rendezvous setting, plus the benchmark's."""
+    ours = ("WEBRTC_", "JWT_", "REDIS_", "OTEL_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours) and k != "DEBUG"}
+    env.update(
+        JWT_SECRET_KEY=secret,
+        WEBRTC_STUN_URLS="",
+        WEBRTC_RATE_LIMIT_PER_SECOND=UNLIMITED_RATE,
+        WEBRTC_RATE_LIMIT_BURST=UNLIMITED_RATE,
+    )
+    return env
+
+
+def start_server(port: int, secret: str, log: TextIO) -> subprocess.Popen[bytes]:
+    command = Path(sys.executable).with_name("rendezvous")
+    return subprocess.Popen(
+        [str(command), "serve", "--host", HOST, "--port", str(port)],
+        env=server_environment(secret),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_healthy(server: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode}")
+        connection = http.client.HTTPConnection(HOST, port, timeout=1)
+        try:
+            connection.request("GET", "/healthz")
+            healthy = connection.getresponse().status == 200
+        except OSError:
+            healthy = False  # not listening yet
+        finally:
+            connection.close()
+        if healthy:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the server was not healthy within {SERVER_START_TIMEOUT_SECONDS}s")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.terminate()  # SIGTERM: drains (no clients are left) and exits
+        try:
+            server.wait(SERVER_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+# The run.
+
+
+def pair_specs(count: int, secret: str) -> list[PairSpec]:
+    specs = []
+    for index in range(count):
+        room = f"bench-{index}"
+        users = (f"bench-{index}-a", f"bench-{index}-b")
+        tokens = tuple(
+            mint_token(key=secret, user_id=user, ttl_seconds=TOKEN_TTL_SECONDS, rooms=[room])
+            for user in users
+        )
+        specs.append(PairSpec(room=room, users=users, tokens=(tokens[0], tokens[1])))
+    return specs
+
+
+def _receive_all(
+    pipes: Sequence[Connection],
+    processes: Sequence[BaseProcess],
+    kind: str,
+    timeout: float,
+) -> list[Any]:
+    """One message of `kind` from every client process, or an error naming what failed."""
+    results: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(results) < len(pipes):
+        waiting = [i for i in range(len(pipes)) if i not in results]
+        ready = wait(
+            [pipes[i] for i in waiting] + [processes[i].sentinel for i in waiting],
+            max(deadline - time.monotonic(), 0),
+        )
+        if not ready:
+            raise RuntimeError(f"client processes did not report {kind!r} within {timeout}s")
+        for i in waiting:
+            if pipes[i].poll():
+                message = pipes[i].recv()
+                if message[0] != kind:
+                    raise RuntimeError(f"client process {i} sent {message[0]!r}")
+                results[i] = message[1] if len(message) > 1 else None
+            elif not processes[i].is_alive():
+                raise RuntimeError(
+                    f"client process {i} exited with code {processes[i].exitcode} (see above)"
+                )
+    return [results[i] for i in range(len(pipes))]
+
+
+def run(config: BenchConfig) -> None:
+    secret = secrets.token_urlsafe(48)
+    specs = pair_specs(config.pairs, secret)
+    jobs = [
+        ClientJob(config.port, specs[i :: config.client_processes], config.sdp_bytes, config.window)
+        for i in range(config.client_processes)
+    ]
+    context = multiprocessing.get_context("spawn")
+    processes: list[BaseProcess] = []
+    with tempfile.TemporaryFile("w+") as log:
+        server = start_server(config.port, secret, log)
+        try:
+            wait_healthy(server, config.port)
+            pipes = []
+            for job in jobs:
+                ours, theirs = context.Pipe()
+                process = context.Process(
+                    target=run_clients, args=(job, theirs), name="bench-clients", daemon=True
+                )
+                process.start()
+                processes.append(process)
+                pipes.append(ours)
+            _receive_all(pipes, processes, "ready", CLIENTS_READY_TIMEOUT_SECONDS)
+            begin_ns = time.perf_counter_ns() + int(config.warmup_seconds * 1e9)
+            end_ns = begin_ns + int(config.seconds * 1e9)
+            for pipe in pipes:
+                pipe.send((begin_ns, end_ns))
+            _sleep_until(begin_ns)
+            cpu_begin = cpu_seconds(server.pid)
+            _sleep_until(end_ns)
+            cpu_end = cpu_seconds(server.pid)
+            reports: list[ClientReport] = _receive_all(
+                pipes, processes, "done", DRAIN_GRACE_SECONDS + 30
+            )
+            print_results(config, server.pid, reports, server_cpu=cpu_end - cpu_begin)
+        except BaseException:
+            log.seek(0)
+            tail = log.read()[-4000:]
+            print(f"--- server log (last 4000 characters) ---\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            for client in processes:
+                client.join(5)
+                if client.is_alive():
+                    client.kill()
+                    client.join()
+            stop_server(server)
+
+
+def _sleep_until(instant_ns: int) -> None:
+    time.sleep(max(instant_ns - time.perf_counter_ns(), 0) / 1e9)
+
+
+def print_results(
+    config: BenchConfig, pid: int, reports: list[ClientReport], *, server_cpu: float
+) -> None:
+    relayed = sum(r.received_in_window for r in reports)
+    latencies = array.array("q")
+    for report in reports:
+        latencies.frombytes(report.latencies_ns)
+    lost = sum(r.sent_total - r.received_total for r in reports)
+    unexpected: Counter[str] = Counter()
+    for report in reports:
+        unexpected.update(report.unexpected)
+    frame_bytes = len(OfferTemplate.to("bench-0-b", make_sdp(config.sdp_bytes)).frame(10**15))
+    client_cpu = sum(r.cpu_seconds for r in reports) / config.seconds
+
+    print("Rendezvous relay benchmark")
+    print(f"  server      rendezvous serve, pid {pid}, {HOST}:{config.port}, memory backend")
+    print(
+        f"  clients     {config.pairs} pairs (one room each) in {config.client_processes} "
+        f"process(es), {config.window} offers in flight per pair"
+    )
+    print(f"  offers      targeted, SDP {config.sdp_bytes} bytes, frame ~{frame_bytes} bytes")
+    print(
+        f"  window      {config.seconds:g} s measured after a {config.warmup_seconds:g} s warm-up"
+    )
+    print(f"  machine     {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    if relayed == 0:
+        print("  no offer was relayed inside the window")
+        return
+    p50, p99 = _percentiles(latencies)
+    print(f"  relayed     {relayed} offers = {relayed / config.seconds:,.0f} messages/s")
+    print(f"  latency     one-way p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms")
+    print(
+        f"  server CPU  {server_cpu:.2f} s ({server_cpu / config.seconds:.0%} of a core) = "
+        f"{server_cpu * 1e6 / relayed:.1f} µs per relayed message"
+    )
+    print(f"  client CPU  {client_cpu:.0%} of a core (all client processes)")
+    print(f"  lost        {lost} (sent but never received)")
+    if unexpected:
+        print(f"  unexpected  {dict(unexpected)}")
+
+
+def _percentiles(latencies: array.array[int]) -> tuple[float, float]:
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+def parse_args(argv: Sequence[str] | None) -> BenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--pairs", type=int, default=20, help="client pairs (default 20)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window (10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before it (2)")
+    parser.add_argument("--sdp-bytes", type=int, default=1024, help="SDP size (1024)")
+    parser.add_argument("--window", type=int, default=4, help="offers in flight per pair (4)")
+    parser.add_argument(
+        "--client-processes", type=int, default=1, help="processes running the clients (1)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    args = parser.parse_args(argv)
+    for name in ("pairs", "window", "client_processes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.seconds <= 0 or args.warmup < 0 or args.sdp_bytes < 1:
+        parser.error("--seconds must be positive, --warmup not negative, --sdp-bytes at least 1")
+    return BenchConfig(
+        pairs=args.pairs,
+        seconds=args.seconds,
+        warmup_seconds=args.warmup,
+        sdp_bytes=args.sdp_bytes,
+        window=args.window,
+        client_processes=min(args.client_processes, args.pairs),
+        port=args.port or free_port(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except RuntimeError as exc:  # the server or a client failed; the details are above
+        print(f"bench_relay: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
