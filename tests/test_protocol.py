@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from rendezvous.backends.base import BackendUnavailableError
 from rendezvous.protocol import (
     CLOSE_CODES,
     ErrorCode,
@@ -129,7 +130,6 @@ def test_every_fatal_code_has_its_design_close_code() -> None:
         "unauthorized": 1008,
         "forbidden_room": 1008,
         "room_full": 1008,
-        "backend_unavailable": 1013,
         "server_busy": 1013,
         "session_replaced": 4001,
         "slow_consumer": 1013,
@@ -137,3 +137,8 @@ def test_every_fatal_code_has_its_design_close_code() -> None:
         "internal_error": 1011,
     }
     assert {code.value: int(close) for code, close in CLOSE_CODES.items()} == expected
+    # backend_unavailable closes 1013 only for a refused join; a frame is just dropped.
+    assert ErrorCode.BACKEND_UNAVAILABLE not in CLOSE_CODES
+    join = BackendUnavailableError().to_signaling(refuses_join=True)
+    assert join.close_code == 1013
+    assert BackendUnavailableError().to_signaling().close_code is None

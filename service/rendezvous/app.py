@@ -21,6 +21,7 @@ from rendezvous.limits import SessionLimits
 from rendezvous.presence import PresenceKeeper
 from rendezvous.services import Services
 from rendezvous.settings import Settings, load_settings
+from rendezvous.telemetry.logging import RedactTokens
 from rendezvous.telemetry.metrics import Metrics
 from rendezvous.turn.credentials import StaticIceServers
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
     """Build the app; `backend` lets tests share one broker between several apps."""
     settings = settings or load_settings()
+    _redact_server_logs()
     backend = backend or create_backend(settings)
     metrics = Metrics()
     hub = Hub(backend, metrics=metrics, join_buffer_limit=settings.send_queue_max_messages)
@@ -68,6 +70,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep
         await services.backend.stop()
+
+
+def _redact_server_logs() -> None:
+    """Keep tokens out of uvicorn's own lines even under a bare `uvicorn --factory`, where
+    `rendezvous serve`'s logging configuration (which redacts at the handler) is absent."""
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 def _report_exit(task: asyncio.Task[None]) -> None:

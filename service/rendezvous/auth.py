@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 MAX_USER_ID_CHARS = 128
 MAX_USERNAME_CHARS = 128
 JWKS_CACHE_SECONDS = 300
+# An unknown kid forces at most one JWKS fetch per this interval (PyJWT's default).
+JWKS_REFRESH_COOLDOWN_SECONDS = 30.0
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 
 
@@ -53,7 +55,13 @@ def unauthorized(message: str) -> SignalingError:
 class Authenticator:
     """Verifies tokens against an explicit algorithm allow-list; `none` is never in it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        jwks_cache_seconds: float = JWKS_CACHE_SECONDS,
+        jwks_refresh_cooldown_seconds: float = JWKS_REFRESH_COOLDOWN_SECONDS,
+    ) -> None:
         self._algorithms = [a for a in settings.algorithms if a != "none"]
         self._secret = settings.jwt_secret_key
         self._public_key = settings.jwt_public_key
@@ -61,11 +69,14 @@ class Authenticator:
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway_seconds
         self._jwks = (
+            # Only the whole set is cached (it expires): PyJWT's per-kid cache never does,
+            # so a key removed from the JWKS (revoked) would stay trusted until restart.
             jwt.PyJWKClient(
                 settings.jwt_jwks_url,
-                cache_keys=True,
-                lifespan=JWKS_CACHE_SECONDS,
+                cache_keys=False,
+                lifespan=jwks_cache_seconds,
                 timeout=JWKS_FETCH_TIMEOUT_SECONDS,
+                cooldown_duration=jwks_refresh_cooldown_seconds,
             )
             if settings.jwt_jwks_url
             else None
@@ -96,6 +107,10 @@ class Authenticator:
             raise unauthorized("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise unauthorized(f"invalid token: {exc}") from None
+        except jwt.InvalidKeyError:
+            # The header names an allowed algorithm that does not fit the configured key
+            # (an ES256 token against an RSA PEM): the caller's fault, not ours.
+            raise unauthorized(f"no {algorithm} key for this token") from None
         return identity_from_claims(claims)
 
     async def _key_for(self, algorithm: str, token: str) -> Any:
@@ -111,7 +126,7 @@ class Authenticator:
         try:
             # PyJWKClient fetches with blocking urllib; keep it off the event loop.
             signing_key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
-        except jwt.PyJWKClientError as exc:
+        except (jwt.PyJWTError, ValueError, OSError) as exc:  # unreachable, not JSON, no key
             log.warning("JWKS lookup failed: %s", exc)
             raise unauthorized("no signing key for this token") from None
         return signing_key.key

@@ -18,6 +18,7 @@ from rendezvous.settings import SECRET_FIELDS, ConfigError, Settings, load_setti
 DEV_SECRET_BYTES = 48
 DEV_TOKEN_TTL_SECONDS = 24 * 3600
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rendezvous: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        # uvicorn re-raises a captured SIGINT once it has shut down cleanly; no traceback.
+        return EXIT_INTERRUPTED
     return result
 
 

@@ -108,7 +108,7 @@ class Hub:
             if isinstance(exc, RoomFullError):
                 raise SignalingError(ErrorCode.ROOM_FULL, "the room is full") from exc
             if isinstance(exc, BackendUnavailableError):
-                raise exc.to_signaling() from exc
+                raise exc.to_signaling(refuses_join=True) from exc
             raise
         self._admit(room, peer, result, room.joining.pop(member.session_id))
         return room

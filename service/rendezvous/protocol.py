@@ -65,12 +65,12 @@ class ErrorCode(enum.StrEnum):
 
 
 # What each code does to the connection; absent means the frame is dropped and it stays open.
+# backend_unavailable is absent: it drops a frame, but a refused join closes 1013 (explicitly).
 CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.MESSAGE_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.UNAUTHORIZED: CloseCode.POLICY_VIOLATION,
     ErrorCode.FORBIDDEN_ROOM: CloseCode.POLICY_VIOLATION,
     ErrorCode.ROOM_FULL: CloseCode.POLICY_VIOLATION,
-    ErrorCode.BACKEND_UNAVAILABLE: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SESSION_REPLACED: CloseCode.SESSION_REPLACED,
     ErrorCode.SLOW_CONSUMER: CloseCode.TRY_AGAIN_LATER,

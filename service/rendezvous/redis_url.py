@@ -60,11 +60,13 @@ def parse_redis_url(url: str) -> RedisTarget:
     if not sep or scheme.lower() not in _SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(_SCHEMES)} (got {scheme!r})")
     mode, tls = _SCHEMES[scheme.lower()]
-    netloc, _, path = rest.partition("/")
-    path, _, _query = path.partition("?")
-    userinfo, at, hostlist = netloc.rpartition("@")
+    # Credentials end at the last "@", even when an unencoded "/" hides in the password:
+    # splitting at the first "/" would put part of the password in a host error message.
+    userinfo, at, location = rest.rpartition("@")
     if not at:
-        hostlist, userinfo = netloc, ""
+        userinfo, location = "", rest
+    hostlist, _, path = location.partition("/")
+    path, _, _query = path.partition("?")
     username, password = _parse_userinfo(userinfo)
     default_port = DEFAULT_SENTINEL_PORT if mode is RedisMode.SENTINEL else DEFAULT_REDIS_PORT
     nodes = tuple(_parse_node(n, default_port) for n in hostlist.split(","))
@@ -107,7 +109,9 @@ def _parse_node(node: str, default_port: int) -> tuple[str, int]:
         raise ValueError(f"bad port in {node!r}") from exc
     if not split.hostname:
         raise ValueError(f"bad host in {node!r}")
-    return split.hostname, port or default_port
+    if port == 0:
+        raise ValueError(f"bad port in {node!r}")
+    return split.hostname, default_port if port is None else port
 
 
 def _parse_db(segments: list[str]) -> int:

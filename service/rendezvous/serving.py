@@ -42,6 +42,11 @@ class ConnectionControl:
     def last_seen(self) -> float:
         return self._protocol.last_seen
 
+    @property
+    def timed_out(self) -> bool:
+        """Whether the peer was dropped for not answering the server's ping in time."""
+        return self._protocol.timed_out
+
     def abort(self) -> None:
         if self._protocol.transport is not None:
             self._protocol.transport.abort()
@@ -51,6 +56,7 @@ class RendezvousWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_seen = self.loop.time()
+        self.timed_out = False
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.loop.time()
@@ -64,6 +70,7 @@ class RendezvousWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def keepalive_timeout(self) -> None:
         # uvicorn closes politely; a vanished peer never acknowledges, so abort instead.
+        self.timed_out = True
         super().keepalive_timeout()
         self.transport.abort()
 

@@ -52,8 +52,10 @@ class Session:
         hub: Hub,
         limits: SessionLimits,
         metrics: Metrics,
+        debug: bool = False,
     ) -> None:
         self._websocket = websocket
+        self._debug = debug  # DEBUG=true: a log line per message
         self._room_id = room_id
         self._hub = hub
         self._limits = limits
@@ -95,6 +97,8 @@ class Session:
                 log.exception("session failed", extra=self._log_context())
                 self.close(SignalingError(ErrorCode.INTERNAL_ERROR, "internal error"))
             finally:
+                if self._connection is not None and self._connection.timed_out:
+                    self.leave_reason = LeaveReason.TIMEOUT
                 await self._hub.leave(self, self._room, reason=self.leave_reason)
         finally:
             await self._finish(writer)
@@ -202,19 +206,22 @@ class Session:
         self._last_frame_at = now
         kind: str = "invalid"
         try:
+            self._take(1, now)  # every frame costs a token, even one that proves invalid
             text = message.get("text")
             if text is None:
                 raise invalid("binary frames are not accepted; send JSON text")
             self._check_size(text)
             kind, payload = parse_client_frame(text, room_id=self._room_id)
             if kind is MessageType.PING:
-                self._take(1, now)
                 self.deliver(encode(MessageType.PONG, payload, room_id=self._room_id))
             else:
-                targeted = payload.get("target_user_id") is not None
-                self._take(1 if targeted else len(room.roster) - 1, now)
+                if payload.get("target_user_id") is None:
+                    # A broadcast costs one token per recipient; the first is paid above.
+                    self._take(min(len(room.roster) - 2, self._limits.burst - 1), now)
                 self._hub.relay(self, room, kind, payload)
             self._metrics.message(kind, "ok")
+            if self._debug:
+                log.debug("%s relayed", kind, extra=self._log_context())
         except SignalingError as error:
             self._metrics.message(kind, error.code.value)
             if error.close_code is not None:
@@ -233,7 +240,7 @@ class Session:
             )
 
     def _take(self, cost: int, now: float) -> None:
-        if self._bucket.take(max(cost, 1), now):
+        if cost <= 0 or self._bucket.take(cost, now):
             return
         if self._bucket.abusive:
             raise SignalingError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -118,6 +120,12 @@ class Settings(BaseSettings):
         for name in self.algorithms:
             if name not in HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS:
                 raise ValueError(f"JWT_ALGORITHMS: unsupported algorithm {name!r}")
+            if name in HMAC_ALGORITHMS and self.jwt_secret_key and not self._secret_fits(name):
+                raise ValueError(
+                    f"JWT_SECRET_KEY is too short for {name} (needs {int(name[2:]) // 8} bytes)"
+                )
+        if self.jwt_public_key and not _is_public_key(self.jwt_public_key):
+            raise ValueError("JWT_PUBLIC_KEY: not a PEM-encoded RSA or EC public key")
         if self.jwt_public_key and self.jwt_jwks_url:
             raise ValueError("set JWT_PUBLIC_KEY or JWT_JWKS_URL, not both")
         if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
@@ -143,10 +151,15 @@ class Settings(BaseSettings):
             return _split(self.jwt_algorithms)
         names: list[str] = []
         if self.jwt_secret_key:
-            names += sorted(HMAC_ALGORITHMS)
+            names += [a for a in sorted(HMAC_ALGORITHMS) if self._secret_fits(a)]
         if self.jwt_public_key or self.jwt_jwks_url:
             names += ["RS256", "ES256"]
         return tuple(names)
+
+    def _secret_fits(self, algorithm: str) -> bool:
+        """RFC 7518 3.2: an HMAC key must be at least as long as the hash output."""
+        secret = self.jwt_secret_key or ""
+        return len(secret.encode()) * 8 >= int(algorithm[2:])
 
     @property
     def has_jwt_key(self) -> bool:
@@ -186,6 +199,17 @@ class Settings(BaseSettings):
         """What the WebSocket layer accepts: above the protocol limit, so a frame a little too
         large still earns a `message_too_large` error frame before the 1009 close."""
         return self.max_message_bytes * 4
+
+
+def _is_public_key(pem: str) -> bool:
+    """Whether PyJWT can verify with `pem`, checked at start-up rather than per token."""
+    for algorithm in (RSAAlgorithm(RSAAlgorithm.SHA256), ECAlgorithm(ECAlgorithm.SHA256)):
+        try:
+            algorithm.prepare_key(pem)
+        except (InvalidKeyError, ValueError):
+            continue
+        return True
+    return False
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -57,6 +57,7 @@ async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> N
         hub=services.hub,
         limits=services.limits,
         metrics=services.metrics,
+        debug=services.settings.debug,
     )
     await session.run(capacity=services.settings.max_participants_per_room)
 

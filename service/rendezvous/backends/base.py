@@ -6,7 +6,10 @@ Every backend passes `tests/backends/test_contract.py`. The hub relies on exactl
 - `join` checks capacity and adds the member in one atomic step, replacing the same
   user's earlier session instead of counting it twice;
 - presence expires unless refreshed; reads never count an expired member; each expired
-  member is returned by `reap_expired` to exactly one caller across all instances.
+  member is returned by `reap_expired` to exactly one caller across all instances, or
+  claimed by a `leave`, never both (so its departure is announced once);
+- after `stop`, every operation but `unsubscribe` raises BackendUnavailableError; stopping
+  leaves presence alone (a stopped instance is a dead process, not a leave).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rendezvous.protocol import ErrorCode, SignalingError
+from rendezvous.protocol import CloseCode, ErrorCode, SignalingError
 
 BusHandler = Callable[[str, bytes], None]
 """Called with (room_id, data) for every bus message another instance published."""
@@ -41,8 +44,13 @@ class BackendError(Exception):
 
 
 class BackendUnavailableError(BackendError):
-    def to_signaling(self) -> SignalingError:
-        return SignalingError(ErrorCode.BACKEND_UNAVAILABLE, "signaling backend unavailable")
+    def to_signaling(self, *, refuses_join: bool = False) -> SignalingError:
+        """A refused join closes 1013 (try again later); a dropped frame keeps the socket."""
+        return SignalingError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            "signaling backend unavailable",
+            close_code=CloseCode.TRY_AGAIN_LATER if refuses_join else None,
+        )
 
 
 class RoomFullError(BackendError):
@@ -59,7 +67,8 @@ class Backend(abc.ABC):
         """Connect; from now on, bus messages of subscribed rooms go to `on_message`."""
 
     @abc.abstractmethod
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Disconnect; idempotent. Presence stays until it expires."""
 
     @property
     @abc.abstractmethod
@@ -80,7 +89,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def join(self, room_id: str, member: Member, *, capacity: int) -> JoinResult:
-        """Add `member` (atomically with the capacity check); raise RoomFullError."""
+        """Add `member` (atomically with the capacity check); raise RoomFullError.
+
+        Expired members hold no seat, yet stay for `reap_expired` to announce; a live
+        session of the same user is replaced (returned as `replaced`), taking no seat."""
 
     @abc.abstractmethod
     async def leave(self, room_id: str, member: Member) -> bool:
@@ -88,7 +100,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
-        """Extend the presence of these (room_id, member) pairs, in one batched call."""
+        """Extend the presence of these (room_id, member) pairs, in one batched call.
+
+        Only a live entry of the very same session is extended: refreshing a replaced,
+        departed or expired session changes nothing."""
 
     @abc.abstractmethod
     async def members(self, room_id: str) -> tuple[Member, ...]:
