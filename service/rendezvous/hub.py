@@ -117,6 +117,11 @@ class Hub:
         member = peer.member
         for other in result.members:
             room.roster[other.user_id] = other
+        later = _after_snapshot(joining.messages, result.members, me=member.user_id)
+        # These came after the snapshot: bring the roster up to date with them.
+        for message in later:
+            if message.kind is not BusKind.RELAY:
+                _update_roster(room, message)
         previous = room.sessions.get(member.user_id)
         room.sessions[member.user_id] = peer
         participants = [{"user_id": m.user_id, "username": m.username} for m in result.members]
@@ -126,7 +131,7 @@ class Hub:
             "participant_count": len(participants),
         }
         peer.deliver(encode(MessageType.ROOM_STATE, state, room_id=room.room_id))
-        self._replay(peer, result, joining)
+        self._replay(peer, later, joining)
         if previous is not None:
             previous.close(_replaced_error())
         if result.replaced is not None:
@@ -134,21 +139,12 @@ class Hub:
         self._emit(room, self._event(room, member, None))
         self._update_gauges()
 
-    def _replay(self, peer: Peer, result: JoinResult, joining: _Joining) -> None:
+    def _replay(self, peer: Peer, later: list[BusMessage], joining: _Joining) -> None:
         if joining.overflowed:
             peer.close(SignalingError(ErrorCode.SLOW_CONSUMER, "too much traffic while joining"))
             return
-        me = peer.member.user_id
-        known = {m.user_id: m.session_id for m in result.members}
-        for message in joining.messages:
-            if message.kind is BusKind.RELAY:
-                wanted = message.target == me or (message.target is None and message.user_id != me)
-            elif message.kind is BusKind.JOINED:
-                wanted = message.user_id != me and known.get(message.user_id) != message.session_id
-            else:
-                wanted = message.user_id != me and known.get(message.user_id) == message.session_id
-            if wanted:
-                peer.deliver(message.frame)
+        for message in later:
+            peer.deliver(message.frame)
 
     async def leave(self, peer: Peer, room: LocalRoom, *, reason: LeaveReason) -> None:
         """Forget a session that ended; announce it unless it was replaced or already gone."""
@@ -278,16 +274,17 @@ class Hub:
 
     def _apply_event(self, room: LocalRoom, event: BusMessage) -> None:
         user_id = event.user_id
-        if event.kind is BusKind.JOINED:
-            room.roster[user_id] = Member(user_id, event.username, event.session_id)
-        else:
-            known = room.roster.get(user_id)
-            if known is not None and known.session_id == event.session_id:
-                del room.roster[user_id]
-            local = room.sessions.get(user_id)
-            replaced = event.reason == LeaveReason.REPLACED.value
-            if replaced and local is not None and local.member.session_id == event.session_id:
+        _update_roster(room, event)
+        local = room.sessions.get(user_id)
+        if (
+            event.kind is BusKind.LEFT
+            and local is not None
+            and local.member.session_id == event.session_id
+        ):
+            if event.reason == LeaveReason.REPLACED.value:
                 local.close(_replaced_error())  # the user rejoined on another instance
+            elif event.reason == LeaveReason.TIMEOUT.value:
+                local.time_out()  # reaped: its peers were told it left, so it must go
         for other in room.sessions.values():
             if other.member.user_id != user_id:
                 other.deliver(event.frame)
@@ -327,3 +324,36 @@ class Hub:
 
 def _replaced_error() -> SignalingError:
     return SignalingError(ErrorCode.SESSION_REPLACED, "you joined this room again elsewhere")
+
+
+def _update_roster(room: LocalRoom, event: BusMessage) -> None:
+    if event.kind is BusKind.JOINED:
+        room.roster[event.user_id] = Member(event.user_id, event.username, event.session_id)
+    else:
+        known = room.roster.get(event.user_id)
+        if known is not None and known.session_id == event.session_id:
+            del room.roster[event.user_id]
+
+
+def _after_snapshot(
+    messages: list[BusMessage], members: tuple[Member, ...], *, me: str
+) -> list[BusMessage]:
+    """What a joiner still needs from its join buffer: relays meant for it and, for each
+    other member, only the events after the last one its snapshot already reflects."""
+    known = {m.user_id: m.session_id for m in members}
+    reflected: dict[str, int] = {}  # user_id -> index of that event
+    for index, message in enumerate(messages):
+        if message.kind is BusKind.JOINED:
+            if known.get(message.user_id) == message.session_id:
+                reflected[message.user_id] = index
+        elif message.kind is BusKind.LEFT and message.user_id not in known:
+            reflected[message.user_id] = index
+    later: list[BusMessage] = []
+    for index, message in enumerate(messages):
+        if message.kind is BusKind.RELAY:
+            wanted = message.target == me or (message.target is None and message.user_id != me)
+        else:
+            wanted = message.user_id != me and index > reflected.get(message.user_id, -1)
+        if wanted:
+            later.append(message)
+    return later

@@ -97,6 +97,7 @@ class MemoryBackend(Backend):
         return JoinResult(members=members, replaced=previous[0] if previous else None)
 
     async def leave(self, room_id: str, member: Member) -> bool:
+        self._require_started()
         entries = self._broker.presence.get(room_id, {})
         current = entries.get(member.user_id)
         if current is None or current[0].session_id != member.session_id:

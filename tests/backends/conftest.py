@@ -1,0 +1,87 @@
+"""Fixtures for the backend contract suite: a cluster of backend instances sharing one store.
+
+Each parameter of `cluster` is one backend technology. A store is an async context manager
+that yields a `BackendFactory` (presence TTL in seconds -> a new, unstarted backend on that
+store) and tears the store down afterwards. Adding a backend is one more entry in `STORES`
+(for Redis: start a real redis-server, yield a factory of RedisBackends on its URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from rendezvous.backends.base import Backend
+from rendezvous.backends.memory import MemoryBackend, MemoryBroker
+
+BackendFactory = Callable[[float], Backend]
+Store = Callable[[], contextlib.AbstractAsyncContextManager[BackendFactory]]
+
+RECEIVE_TIMEOUT_SECONDS = 5.0
+DEFAULT_TTL_SECONDS = 30.0
+
+
+@contextlib.asynccontextmanager
+async def memory_store() -> AsyncIterator[BackendFactory]:
+    """MemoryBackends on one MemoryBroker, as instances on one Redis (real time clock)."""
+    broker = MemoryBroker()
+
+    def new_backend(presence_ttl_seconds: float) -> Backend:
+        return MemoryBackend(presence_ttl_seconds=presence_ttl_seconds, broker=broker)
+
+    yield new_backend
+
+
+STORES: dict[str, Store] = {"memory": memory_store}
+
+
+@dataclass
+class Instance:
+    """One started backend and the bus messages it was handed, in arrival order."""
+
+    backend: Backend
+    inbox: asyncio.Queue[tuple[str, bytes]] = field(default_factory=asyncio.Queue)
+
+    def on_message(self, room_id: str, data: bytes) -> None:
+        self.inbox.put_nowait((room_id, data))
+
+    async def receive(self, timeout: float = RECEIVE_TIMEOUT_SECONDS) -> tuple[str, bytes]:
+        return await asyncio.wait_for(self.inbox.get(), timeout)
+
+    async def expect_nothing(self, seconds: float = 0.3) -> None:
+        with contextlib.suppress(TimeoutError):
+            message = await self.receive(seconds)
+            raise AssertionError(f"expected no bus message, got {message!r}")
+
+
+class Cluster:
+    """Backend instances sharing one store, like processes sharing one Redis."""
+
+    def __init__(self, factory: BackendFactory) -> None:
+        self._factory = factory
+        self._started: list[Backend] = []
+
+    async def instance(self, *, presence_ttl_seconds: float = DEFAULT_TTL_SECONDS) -> Instance:
+        instance = Instance(self._factory(presence_ttl_seconds))
+        await instance.backend.start(instance.on_message)
+        self._started.append(instance.backend)
+        return instance
+
+    async def close(self) -> None:
+        for backend in self._started:
+            await backend.stop()
+
+
+@pytest.fixture(params=sorted(STORES))
+async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    store: Store = STORES[request.param]
+    async with store() as factory:
+        cluster = Cluster(factory)
+        try:
+            yield cluster
+        finally:
+            await cluster.close()

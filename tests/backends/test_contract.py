@@ -1,0 +1,354 @@
+"""The backend contract (DESIGN section 2), run against every backend in `STORES`.
+
+Several instances share one store, as processes share one Redis. Timing-based tests use
+short real TTLs and wait at least twice as long as the contract needs, so a backend with
+a real clock and a network (Redis) passes them unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+
+import pytest
+
+from rendezvous.backends.base import (
+    BackendUnavailableError,
+    JoinResult,
+    Member,
+    RoomFullError,
+)
+from tests.backends.conftest import Cluster
+
+SHORT_TTL_SECONDS = 0.5
+# Twice the TTL: by then every unrefreshed member must have expired.
+EXPIRY_WAIT_SECONDS = 2 * SHORT_TTL_SECONDS
+
+
+def member(user_id: str, username: str | None = None) -> Member:
+    """A fresh session of `user_id`."""
+    return Member(user_id, username or user_id.title(), secrets.token_hex(8))
+
+
+# The room bus.
+
+
+async def test_publish_right_after_subscribe_is_received(cluster: Cluster) -> None:
+    publisher = await cluster.instance()
+    listener = await cluster.instance()
+    rooms = [f"room-{n}" for n in range(20)]
+    for room in rooms:
+        await listener.backend.subscribe(room)
+        publisher.backend.publish(room, room.encode())
+    received = [await listener.receive() for _ in rooms]
+    assert sorted(received) == sorted((room, room.encode()) for room in rooms)
+
+
+async def test_publish_order_is_preserved_per_publisher(cluster: Cluster) -> None:
+    first = await cluster.instance()
+    second = await cluster.instance()
+    listener = await cluster.instance()
+    await listener.backend.subscribe("r1")
+    for n in range(1000):
+        first.backend.publish("r1", f"a{n}".encode())
+        if n % 2:
+            second.backend.publish("r1", f"b{n}".encode())
+    received = [(await listener.receive())[1].decode() for _ in range(1500)]
+    assert [m for m in received if m.startswith("a")] == [f"a{n}" for n in range(1000)]
+    assert [m for m in received if m.startswith("b")] == [f"b{n}" for n in range(1, 1000, 2)]
+    await listener.expect_nothing()
+
+
+async def test_every_subscribed_instance_receives_a_message_once(cluster: Cluster) -> None:
+    publisher = await cluster.instance()
+    listeners = [await cluster.instance() for _ in range(2)]
+    outsider = await cluster.instance()
+    for listener in listeners:
+        await listener.backend.subscribe("r1")
+    await outsider.backend.subscribe("r2")
+    publisher.backend.publish("r1", b"hello")
+    for listener in listeners:
+        assert await listener.receive() == ("r1", b"hello")
+        await listener.expect_nothing()
+    await outsider.expect_nothing()
+
+
+async def test_an_instance_never_receives_its_own_publishes(cluster: Cluster) -> None:
+    a = await cluster.instance()
+    b = await cluster.instance()
+    await a.backend.subscribe("r1")
+    await b.backend.subscribe("r1")
+    a.backend.publish("r1", b"from-a")
+    assert await b.receive() == ("r1", b"from-a")
+    # b answers only after a's message reached b, so it reaches a after a's own would have.
+    b.backend.publish("r1", b"from-b")
+    assert await a.receive() == ("r1", b"from-b")
+    await a.expect_nothing()
+
+
+async def test_unsubscribe_stops_delivery(cluster: Cluster) -> None:
+    publisher = await cluster.instance()
+    listener = await cluster.instance()
+    await listener.backend.subscribe("r1")
+    await listener.backend.subscribe("r2")
+    publisher.backend.publish("r1", b"before")
+    assert await listener.receive() == ("r1", b"before")
+    await listener.backend.unsubscribe("r1")
+    publisher.backend.publish("r1", b"after")
+    publisher.backend.publish("r2", b"marker")
+    assert await listener.receive() == ("r2", b"marker")
+    await listener.expect_nothing()
+
+
+async def test_every_operation_on_a_stopped_backend_raises_unavailable(cluster: Cluster) -> None:
+    instance = await cluster.instance()
+    alice = member("alice")
+    await instance.backend.join("r1", alice, capacity=10)
+    await instance.backend.stop()
+    assert not instance.backend.ready
+    # publish is synchronous: it must fail at once, not queue into the void.
+    with pytest.raises(BackendUnavailableError):
+        instance.backend.publish("r1", b"lost")
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.subscribe("r1")
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.join("r1", member("bob"), capacity=10)
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.leave("r1", alice)
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.refresh([("r1", alice)])
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.members("r1")
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.reap_expired()
+    # The store itself is untouched: a stopped instance is a dead process, not a leave.
+    other = await cluster.instance()
+    assert await other.backend.members("r1") == (alice,)
+
+
+async def test_started_backend_is_ready(cluster: Cluster) -> None:
+    instance = await cluster.instance()
+    assert instance.backend.ready
+    assert instance.backend.instance_id
+    other = await cluster.instance()
+    assert other.backend.instance_id != instance.backend.instance_id
+
+
+# Joining, capacity and leaving.
+
+
+async def test_join_returns_the_room_including_the_joiner(cluster: Cluster) -> None:
+    a = await cluster.instance()
+    b = await cluster.instance()
+    alice, bob = member("alice"), member("bob")
+    first = await a.backend.join("r1", alice, capacity=10)
+    assert first == JoinResult(members=(alice,), replaced=None)
+    second = await b.backend.join("r1", bob, capacity=10)
+    assert set(second.members) == {alice, bob}
+    assert second.replaced is None
+    assert set(await a.backend.members("r1")) == {alice, bob}
+    assert await a.backend.members("r2") == ()
+
+
+async def test_capacity_admits_exactly_the_free_seats_under_concurrent_joins(
+    cluster: Cluster,
+) -> None:
+    instances = [await cluster.instance() for _ in range(3)]
+    people = [member(f"user-{n}") for n in range(30)]
+    results = await asyncio.gather(
+        *(
+            instances[n % 3].backend.join("r1", person, capacity=10)
+            for n, person in enumerate(people)
+        ),
+        return_exceptions=True,
+    )
+    admitted = [p for p, r in zip(people, results, strict=True) if isinstance(r, JoinResult)]
+    refused = [r for r in results if isinstance(r, RoomFullError)]
+    assert len(admitted) == 10
+    assert len(refused) == 20
+    for person, result in zip(people, results, strict=True):
+        if isinstance(result, JoinResult):
+            assert person in result.members
+            assert len(result.members) <= 10
+    assert set(await instances[0].backend.members("r1")) == set(admitted)
+
+
+async def test_rejoin_replaces_and_takes_no_extra_seat_in_a_full_room(cluster: Cluster) -> None:
+    a = await cluster.instance()
+    b = await cluster.instance()
+    alice, bob = member("alice"), member("bob")
+    await a.backend.join("r1", alice, capacity=2)
+    await a.backend.join("r1", bob, capacity=2)
+    with pytest.raises(RoomFullError):
+        await b.backend.join("r1", member("carol"), capacity=2)
+    alice_again = member("alice", "Alice Again")
+    result = await b.backend.join("r1", alice_again, capacity=2)
+    assert result.replaced == alice
+    assert set(result.members) == {alice_again, bob}
+    assert set(await a.backend.members("r1")) == {alice_again, bob}
+
+
+async def test_leave_removes_only_the_same_session(cluster: Cluster) -> None:
+    a = await cluster.instance()
+    b = await cluster.instance()
+    old, new = member("alice"), member("alice")
+    await a.backend.join("r1", old, capacity=10)
+    await b.backend.join("r1", new, capacity=10)
+    assert await a.backend.leave("r1", old) is False
+    assert await a.backend.members("r1") == (new,)
+    assert await b.backend.leave("r1", new) is True
+    assert await b.backend.leave("r1", new) is False
+    assert await a.backend.members("r1") == ()
+    assert await a.backend.leave("r1", member("nobody")) is False
+
+
+async def test_a_left_seat_is_free_again(cluster: Cluster) -> None:
+    instance = await cluster.instance()
+    alice = member("alice")
+    await instance.backend.join("r1", alice, capacity=1)
+    await instance.backend.leave("r1", alice)
+    bob = member("bob")
+    assert (await instance.backend.join("r1", bob, capacity=1)).members == (bob,)
+
+
+# Presence: expiry, refresh and reaping.
+
+
+async def test_members_never_lists_an_expired_member_even_before_reaping(
+    cluster: Cluster,
+) -> None:
+    short = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    reader = await cluster.instance()
+    alice = member("alice")
+    await short.backend.join("r1", alice, capacity=10)
+    assert await reader.backend.members("r1") == (alice,)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    assert await reader.backend.members("r1") == ()
+    # Not reaped yet: it was only hidden, and the reaper still finds it.
+    assert await reader.backend.reap_expired() == [("r1", alice)]
+
+
+async def test_join_snapshot_leaves_out_expired_members(cluster: Cluster) -> None:
+    short = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    other = await cluster.instance()
+    await short.backend.join("r1", member("ghost"), capacity=10)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    bob = member("bob")
+    assert (await other.backend.join("r1", bob, capacity=10)).members == (bob,)
+
+
+async def test_refresh_keeps_a_member_alive_past_the_ttl(cluster: Cluster) -> None:
+    ttl = 1.0
+    keeper = await cluster.instance(presence_ttl_seconds=ttl)
+    reader = await cluster.instance()
+    alice, bob = member("alice"), member("bob")
+    await keeper.backend.join("r1", alice, capacity=10)
+    await keeper.backend.join("r2", bob, capacity=10)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.5 * ttl
+    while loop.time() < until:
+        await asyncio.sleep(ttl / 5)  # well inside the TTL/3 the service uses
+        await keeper.backend.refresh([("r1", alice), ("r2", bob)])
+    assert await reader.backend.members("r1") == (alice,)
+    assert await reader.backend.members("r2") == (bob,)
+    assert await reader.backend.reap_expired() == []
+    # Once refreshing stops, they expire.
+    await asyncio.sleep(2 * ttl)
+    assert await reader.backend.members("r1") == ()
+    assert Counter(await reader.backend.reap_expired()) == Counter([("r1", alice), ("r2", bob)])
+
+
+async def test_refresh_of_a_replaced_session_does_not_resurrect_anything(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    b = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    old, new = member("alice"), member("alice")
+    await a.backend.join("r1", old, capacity=10)
+    await b.backend.join("r1", new, capacity=10)  # replaces `old`; nobody refreshes `new`
+    loop = asyncio.get_running_loop()
+    until = loop.time() + EXPIRY_WAIT_SECONDS
+    while loop.time() < until:
+        await a.backend.refresh([("r1", old)])  # a stale instance still refreshing
+        await asyncio.sleep(SHORT_TTL_SECONDS / 5)
+    assert await a.backend.members("r1") == ()
+    assert await a.backend.reap_expired() == [("r1", new)]
+    assert await a.backend.reap_expired() == []
+
+
+async def test_refresh_does_not_revive_an_expired_or_departed_member(cluster: Cluster) -> None:
+    instance = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    gone, late = member("gone"), member("late")
+    await instance.backend.join("r1", gone, capacity=10)
+    await instance.backend.leave("r1", gone)
+    await instance.backend.join("r2", late, capacity=10)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    await instance.backend.refresh([("r1", gone), ("r2", late)])
+    assert await instance.backend.members("r1") == ()
+    assert await instance.backend.members("r2") == ()
+    # The expired one is still the reaper's, exactly once; the departed one never is.
+    assert await instance.backend.reap_expired() == [("r2", late)]
+
+
+async def test_each_expired_member_is_reaped_exactly_once_across_instances(
+    cluster: Cluster,
+) -> None:
+    dying = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    survivors = [await cluster.instance() for _ in range(3)]
+    expired = {(f"room-{n % 4}", member(f"user-{n}")) for n in range(40)}
+    for room, person in expired:
+        await dying.backend.join(room, person, capacity=100)
+    alive = member("alive")
+    await survivors[0].backend.join("room-0", alive, capacity=100)
+    await dying.backend.stop()
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    reaped: list[tuple[str, tuple[str, Member]]] = []
+    for _ in range(3):
+        batches = await asyncio.gather(*(s.backend.reap_expired() for s in survivors))
+        for survivor, batch in zip(survivors, batches, strict=True):
+            reaped.extend((survivor.backend.instance_id, entry) for entry in batch)
+    entries = [entry for _, entry in reaped]
+    assert len(entries) == len(expired)  # nobody twice
+    assert set(entries) == expired  # everybody once
+    assert await survivors[1].backend.members("room-0") == (alive,)
+
+
+async def test_an_expired_seat_is_free_for_a_new_join(cluster: Cluster) -> None:
+    short = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    other = await cluster.instance()
+    alice, bob = member("alice"), member("bob")
+    await short.backend.join("r1", alice, capacity=2)
+    await short.backend.join("r1", bob, capacity=2)
+    with pytest.raises(RoomFullError):
+        await other.backend.join("r1", member("carol"), capacity=2)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    carol, dave = member("carol"), member("dave")
+    assert (await other.backend.join("r1", carol, capacity=2)).members == (carol,)
+    assert set((await other.backend.join("r1", dave, capacity=2)).members) == {carol, dave}
+    # Taking their seats did not swallow them: the reaper still announces both, once.
+    assert Counter(await other.backend.reap_expired()) == Counter([("r1", alice), ("r1", bob)])
+    assert await other.backend.reap_expired() == []
+    assert set(await other.backend.members("r1")) == {carol, dave}
+
+
+async def test_a_member_who_left_is_never_reaped(cluster: Cluster) -> None:
+    instance = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    alice = member("alice")
+    await instance.backend.join("r1", alice, capacity=10)
+    assert await instance.backend.leave("r1", alice) is True
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    assert await instance.backend.reap_expired() == []
+
+
+async def test_leave_after_expiry_claims_the_member_so_the_reaper_does_not(
+    cluster: Cluster,
+) -> None:
+    """A late leave and the reaper must not both announce the same departure."""
+    instance = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    alice = member("alice")
+    await instance.backend.join("r1", alice, capacity=10)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    left = await instance.backend.leave("r1", alice)
+    reaped = await instance.backend.reap_expired()
+    assert (left, reaped) in [(True, []), (False, [("r1", alice)])]
