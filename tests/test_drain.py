@@ -8,16 +8,22 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
 from tests.support.client import Client, joined
-from tests.support.process import served
-from tests.support.tokens import token
+from tests.support.process import cli_env, serving
+from tests.support.tokens import TEST_SECRET, token
 
-DRAIN_ENV = {"WEBRTC_DRAIN_WINDOW": "1", "WEBRTC_DRAIN_DEADLINE": "4"}
+DRAIN_ENV = {
+    "JWT_SECRET_KEY": TEST_SECRET,
+    "WEBRTC_STUN_URLS": "",
+    "WEBRTC_DRAIN_WINDOW": "1",
+    "WEBRTC_DRAIN_DEADLINE": "4",
+}
 
 
 async def _closed_at(client: Client) -> tuple[float, list[dict[str, object]], int | None]:
@@ -31,8 +37,8 @@ async def _closed_at(client: Client) -> tuple[float, list[dict[str, object]], in
     return time.monotonic(), frames, client.connection.close_code
 
 
-async def test_sigterm_drains_clients_over_the_window_then_exits() -> None:
-    with served(DRAIN_ENV) as server:
+async def test_sigterm_drains_clients_over_the_window_then_exits(tmp_path: Path) -> None:
+    async with serving(env=cli_env(tmp_path, **DRAIN_ENV), log_dir=tmp_path) as server:
         urls = [server.ws_url("drain", token(user)) for user in ("a", "b", "c")]
         async with joined(urls[0]) as (a, _), joined(urls[1]) as (b, _), joined(urls[2]) as (c, _):
             await a.expect("user_joined")
@@ -80,8 +86,10 @@ def _stalled_websocket(port: int) -> socket.socket:
     return sock
 
 
-async def test_drain_exits_by_the_deadline_even_if_a_client_never_closes() -> None:
-    with served(DRAIN_ENV) as server:
+async def test_drain_exits_by_the_deadline_even_if_a_client_never_closes(
+    tmp_path: Path,
+) -> None:
+    async with serving(env=cli_env(tmp_path, **DRAIN_ENV), log_dir=tmp_path) as server:
         stuck = _stalled_websocket(server.port)
         try:
             await asyncio.sleep(0.3)

@@ -14,8 +14,8 @@ import pytest
 
 from rendezvous.telemetry.logging import REDACTED, JsonFormatter, RedactTokens, redact
 from tests.support.client import connect, joined
+from tests.support.process import cli_env, serving
 from tests.support.tokens import token
-from tests.test_cli import cli_env, serving
 
 SECRET = "logging-secret-" + "w" * 40
 SUBSTRING_CHARS = 20
