@@ -56,10 +56,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
-    await services.backend.start(services.hub.on_bus_message)
     keeper = PresenceKeeper(
         services.hub, services.backend, ttl_seconds=services.settings.presence_ttl_seconds
     )
+    await services.backend.start(services.hub.on_bus_message, keeper.backend_recovered)
     upkeep = asyncio.create_task(keeper.run(), name="rendezvous.presence")
     upkeep.add_done_callback(_report_exit)
     log.info("rendezvous started", extra={"instance_id": services.backend.instance_id})

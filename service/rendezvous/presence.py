@@ -1,9 +1,11 @@
 """Keeping presence: every TTL/3, refresh this instance's live members in one batch, drop
-sockets that stopped proving alive, and reap members whose instance went away."""
+sockets that stopped proving alive, and reap members whose instance went away. After a
+backend outage it re-asserts its members at once, since the store may have lost them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -29,13 +31,22 @@ class PresenceKeeper:
         self._ttl = ttl_seconds
         self._clock = clock or asyncio.get_running_loop().time
         self.interval_seconds = ttl_seconds / 3
+        self._reassert = False
+        self._wake = asyncio.Event()
+
+    def backend_recovered(self) -> None:
+        """The backend is back after an outage: re-assert presence now, not next tick."""
+        self._reassert = True
+        self._wake.set()
 
     async def run(self) -> None:
         """Tick forever; a failed tick is logged and retried with capped backoff."""
         failures = 0
         while True:
             delay = self.interval_seconds * min(2**failures, MAX_BACKOFF_FACTOR)
-            await asyncio.sleep(min(delay, self._ttl))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(delay, self._ttl))
+            self._wake.clear()
             try:
                 await self.tick()
                 if failures:
@@ -60,7 +71,11 @@ class PresenceKeeper:
                     extra={"room_id": room_id, "user_id": peer.member.user_id},
                 )
                 peer.time_out()
-        if alive:
+        if self._reassert:
+            await self._backend.reassert(alive)
+            self._reassert = False
+            log.info("re-asserted %d participants after a backend outage", len(alive))
+        elif alive:
             await self._backend.refresh(alive)
         for room_id, member in await self._backend.reap_expired():
             log.info(

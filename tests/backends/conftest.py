@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rendezvous.backends.base import Backend
+from rendezvous.backends.base import Backend, Member
 from rendezvous.backends.memory import MemoryBackend, MemoryBroker
 
 BackendFactory = Callable[[float], Backend]
@@ -51,6 +51,12 @@ class Instance:
 
     async def receive(self, timeout: float = RECEIVE_TIMEOUT_SECONDS) -> tuple[str, bytes]:
         return await asyncio.wait_for(self.inbox.get(), timeout)
+
+    async def reap(self, *rooms: str) -> list[tuple[str, Member]]:
+        """Reap as a hub does: only the rooms this instance listens to."""
+        for room in rooms:
+            await self.backend.subscribe(room)
+        return await self.backend.reap_expired()
 
     async def expect_nothing(self, seconds: float = 0.3) -> None:
         with contextlib.suppress(TimeoutError):

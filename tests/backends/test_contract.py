@@ -226,7 +226,7 @@ async def test_members_never_lists_an_expired_member_even_before_reaping(
     await asyncio.sleep(EXPIRY_WAIT_SECONDS)
     assert await reader.backend.members("r1") == ()
     # Not reaped yet: it was only hidden, and the reaper still finds it.
-    assert await reader.backend.reap_expired() == [("r1", alice)]
+    assert await reader.reap("r1") == [("r1", alice)]
 
 
 async def test_join_snapshot_leaves_out_expired_members(cluster: Cluster) -> None:
@@ -252,11 +252,11 @@ async def test_refresh_keeps_a_member_alive_past_the_ttl(cluster: Cluster) -> No
         await keeper.backend.refresh([("r1", alice), ("r2", bob)])
     assert await reader.backend.members("r1") == (alice,)
     assert await reader.backend.members("r2") == (bob,)
-    assert await reader.backend.reap_expired() == []
+    assert await reader.reap("r1", "r2") == []
     # Once refreshing stops, they expire.
     await asyncio.sleep(2 * ttl)
     assert await reader.backend.members("r1") == ()
-    assert Counter(await reader.backend.reap_expired()) == Counter([("r1", alice), ("r2", bob)])
+    assert Counter(await reader.reap("r1", "r2")) == Counter([("r1", alice), ("r2", bob)])
 
 
 async def test_refresh_of_a_replaced_session_does_not_resurrect_anything(
@@ -273,8 +273,8 @@ async def test_refresh_of_a_replaced_session_does_not_resurrect_anything(
         await a.backend.refresh([("r1", old)])  # a stale instance still refreshing
         await asyncio.sleep(SHORT_TTL_SECONDS / 5)
     assert await a.backend.members("r1") == ()
-    assert await a.backend.reap_expired() == [("r1", new)]
-    assert await a.backend.reap_expired() == []
+    assert await a.reap("r1") == [("r1", new)]
+    assert await a.reap("r1") == []
 
 
 async def test_refresh_does_not_revive_an_expired_or_departed_member(cluster: Cluster) -> None:
@@ -288,7 +288,7 @@ async def test_refresh_does_not_revive_an_expired_or_departed_member(cluster: Cl
     assert await instance.backend.members("r1") == ()
     assert await instance.backend.members("r2") == ()
     # The expired one is still the reaper's, exactly once; the departed one never is.
-    assert await instance.backend.reap_expired() == [("r2", late)]
+    assert await instance.reap("r1", "r2") == [("r2", late)]
 
 
 async def test_each_expired_member_is_reaped_exactly_once_across_instances(
@@ -305,7 +305,8 @@ async def test_each_expired_member_is_reaped_exactly_once_across_instances(
     await asyncio.sleep(EXPIRY_WAIT_SECONDS)
     reaped: list[tuple[str, tuple[str, Member]]] = []
     for _ in range(3):
-        batches = await asyncio.gather(*(s.backend.reap_expired() for s in survivors))
+        rooms = sorted({room for room, _ in expired})
+        batches = await asyncio.gather(*(s.reap(*rooms) for s in survivors))
         for survivor, batch in zip(survivors, batches, strict=True):
             reaped.extend((survivor.backend.instance_id, entry) for entry in batch)
     entries = [entry for _, entry in reaped]
@@ -327,8 +328,8 @@ async def test_an_expired_seat_is_free_for_a_new_join(cluster: Cluster) -> None:
     assert (await other.backend.join("r1", carol, capacity=2)).members == (carol,)
     assert set((await other.backend.join("r1", dave, capacity=2)).members) == {carol, dave}
     # Taking their seats did not swallow them: the reaper still announces both, once.
-    assert Counter(await other.backend.reap_expired()) == Counter([("r1", alice), ("r1", bob)])
-    assert await other.backend.reap_expired() == []
+    assert Counter(await other.reap("r1")) == Counter([("r1", alice), ("r1", bob)])
+    assert await other.reap("r1") == []
     assert set(await other.backend.members("r1")) == {carol, dave}
 
 
@@ -338,7 +339,7 @@ async def test_a_member_who_left_is_never_reaped(cluster: Cluster) -> None:
     await instance.backend.join("r1", alice, capacity=10)
     assert await instance.backend.leave("r1", alice) is True
     await asyncio.sleep(EXPIRY_WAIT_SECONDS)
-    assert await instance.backend.reap_expired() == []
+    assert await instance.reap("r1") == []
 
 
 async def test_leave_after_expiry_claims_the_member_so_the_reaper_does_not(
@@ -350,5 +351,5 @@ async def test_leave_after_expiry_claims_the_member_so_the_reaper_does_not(
     await instance.backend.join("r1", alice, capacity=10)
     await asyncio.sleep(EXPIRY_WAIT_SECONDS)
     left = await instance.backend.leave("r1", alice)
-    reaped = await instance.backend.reap_expired()
+    reaped = await instance.reap("r1")
     assert (left, reaped) in [(True, []), (False, [("r1", alice)])]

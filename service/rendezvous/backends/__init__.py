@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from rendezvous.backends.base import Backend
 from rendezvous.backends.memory import MemoryBackend
-from rendezvous.settings import ConfigError, Settings
+from rendezvous.settings import Settings
 
 
 def create_backend(settings: Settings) -> Backend:
-    if settings.redis_target is not None:
-        # Scale-out through Redis is issue 3; refuse rather than silently run unshared.
-        raise ConfigError("REDIS_URL/REDIS_HOST: the redis backend is not available in this build")
+    target = settings.redis_target
+    if target is not None:
+        from rendezvous.backends.redis import RedisBackend  # imported only when used
+
+        return RedisBackend(target, presence_ttl_seconds=settings.presence_ttl_seconds)
     return MemoryBackend(presence_ttl_seconds=settings.presence_ttl_seconds)

@@ -63,8 +63,13 @@ class Backend(abc.ABC):
     instance_id: str
 
     @abc.abstractmethod
-    async def start(self, on_message: BusHandler) -> None:
-        """Connect; from now on, bus messages of subscribed rooms go to `on_message`."""
+    async def start(
+        self, on_message: BusHandler, on_recovered: Callable[[], None] | None = None
+    ) -> None:
+        """Connect; from now on, bus messages of subscribed rooms go to `on_message`.
+
+        `on_recovered` is called each time the backend comes back after an outage, when
+        the shared store may have lost presence that `reassert` should put back."""
 
     @abc.abstractmethod
     async def stop(self) -> None:
@@ -106,9 +111,16 @@ class Backend(abc.ABC):
         departed or expired session changes nothing."""
 
     @abc.abstractmethod
+    async def reassert(self, entries: Sequence[tuple[str, Member]]) -> None:
+        """After an outage: put back these members if the store lost them, extend them if
+        it kept them, in one batched call; never overwrite another session of the user."""
+
+    @abc.abstractmethod
     async def members(self, room_id: str) -> tuple[Member, ...]:
         """Live members of a room, never counting an expired one."""
 
     @abc.abstractmethod
     async def reap_expired(self) -> list[tuple[str, Member]]:
-        """Remove expired members; each is returned to exactly one caller, ever."""
+        """Remove the expired members of the rooms this instance subscribes to; each is
+        returned to exactly one caller, ever. (A room no instance listens to has nobody
+        to tell; its keys expire by themselves.)"""

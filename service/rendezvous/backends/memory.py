@@ -48,8 +48,10 @@ class MemoryBackend(Backend):
         self._on_message: BusHandler | None = None
         self._rooms: set[str] = set()
 
-    async def start(self, on_message: BusHandler) -> None:
-        self._on_message = on_message
+    async def start(
+        self, on_message: BusHandler, on_recovered: Callable[[], None] | None = None
+    ) -> None:
+        self._on_message = on_message  # an in-process store never has an outage
 
     async def stop(self) -> None:
         for room_id in list(self._rooms):
@@ -121,17 +123,27 @@ class MemoryBackend(Backend):
         self._require_started()
         return tuple(m for m, _ in self._broker.live(room_id).values())
 
+    async def reassert(self, entries: Sequence[tuple[str, Member]]) -> None:
+        self._require_started()
+        expires = self._broker.clock() + self._ttl
+        for room_id, member in entries:
+            room = self._broker.presence.setdefault(room_id, {})
+            current = room.get(member.user_id)
+            if current is None or current[0] == member:
+                room[member.user_id] = (member, expires)
+
     async def reap_expired(self) -> list[tuple[str, Member]]:
         self._require_started()
         now = self._broker.clock()
         reaped: list[tuple[str, Member]] = []
-        for room_id, entries in list(self._broker.presence.items()):
+        for room_id in sorted(self._rooms):
+            entries = self._broker.presence.get(room_id, {})
             for user_id, (member, expires) in list(entries.items()):
                 if expires <= now:
                     del entries[user_id]
                     reaped.append((room_id, member))
             if not entries:
-                del self._broker.presence[room_id]
+                self._broker.presence.pop(room_id, None)
         return reaped
 
     def _require_started(self) -> None:

@@ -1,0 +1,359 @@
+"""Redis backend: standalone, Sentinel or Cluster (sharded pub/sub), Redis 7+.
+
+Per Redis node (one, or each Cluster primary) the instance keeps one pub/sub listener and
+one ordered publisher, both long-lived RESP2 connections of our own; presence goes
+through redis-py with pinned protocol, timeouts and a single retry. Every key and
+channel of a room carries the hash tag `{room_id}`. redis-py's errors stop here: callers
+see BackendUnavailableError (Redis unreachable or failing over) or BackendError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from rendezvous.backends import redis_scripts as scripts
+from rendezvous.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailableError,
+    BusHandler,
+    JoinResult,
+    Member,
+    RoomFullError,
+)
+from rendezvous.backends.redis_listening import Credentials, Listener, Resolve
+from rendezvous.backends.redis_writing import OrderedWriter
+from rendezvous.redis_url import RedisMode, RedisTarget
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "rdv"
+COMMAND_TIMEOUT_SECONDS = 3.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+START_WAIT_SECONDS = 5.0
+PUBLISH_QUEUE_MAX_MESSAGES = 10_000
+RESTART_DELAY_SECONDS = 1.0
+_CHANNEL_HEAD = f"{KEY_PREFIX}:{{".encode()
+_CHANNEL_TAIL = b"}:bus"
+# Failures that mean "Redis is unreachable or failing over": the caller may retry later.
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    OSError,
+)
+
+Commands = aioredis.Redis | RedisCluster
+
+
+def channel_of(room_id: str) -> bytes:
+    return _CHANNEL_HEAD + room_id.encode() + _CHANNEL_TAIL
+
+
+def keys_of(room_id: str) -> tuple[str, str]:
+    return f"{KEY_PREFIX}:{{{room_id}}}:members", f"{KEY_PREFIX}:{{{room_id}}}:expiry"
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise BackendUnavailableError(f"redis unavailable ({what}): {exc}") from exc
+    except redis_errors.RedisError as exc:
+        raise BackendError(f"redis failed ({what}): {exc}") from exc
+
+
+class _Shard:
+    """One Redis node's pub/sub listener and ordered writer."""
+
+    def __init__(self, name: str, listener: Listener, writer: OrderedWriter) -> None:
+        self.name = name
+        self.listener = listener
+        self.writer = writer
+        self.tasks: list[asyncio.Task[None]] = []
+        self.was_up = False
+
+
+class RedisBackend(Backend):
+    def __init__(self, target: RedisTarget, *, presence_ttl_seconds: float) -> None:
+        self.instance_id = uuid.uuid4().hex
+        self._target = target
+        self._ttl_ms = int(presence_ttl_seconds * 1000)
+        self._key_ttl_ms = 3 * self._ttl_ms  # outlives every member's expiry, then goes
+        self._credentials = Credentials(target.username, target.password, target.tls)
+        self._commands: Commands | None = None
+        self._sentinel: Sentinel | None = None
+        self._shards: dict[str, _Shard] = {}
+        self._rooms: set[str] = set()
+        self._on_message: BusHandler | None = None
+        self._on_recovered: Callable[[], None] | None = None
+
+    # Lifecycle.
+
+    async def start(
+        self, on_message: BusHandler, on_recovered: Callable[[], None] | None = None
+    ) -> None:
+        self._on_message = on_message
+        self._on_recovered = on_recovered
+        self._commands = self._command_client()
+        if isinstance(self._commands, RedisCluster):
+            with contextlib.suppress(BackendUnavailableError), translated("cluster discovery"):
+                await self._commands.initialize()
+                for node in self._commands.get_primaries():
+                    self._shard_of_node(node)
+        else:
+            self._shard_named("primary", self._primary_address)
+        await self._wait_until_up()
+        log.info("redis backend started (%s)", self._target.masked())
+
+    async def stop(self) -> None:
+        self._on_message = None
+        tasks = [task for shard in self._shards.values() for task in shard.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._shards.clear()
+        if self._commands is not None:
+            with contextlib.suppress(*_UNAVAILABLE, redis_errors.RedisError):
+                await self._commands.aclose()
+            self._commands = None
+
+    @property
+    def ready(self) -> bool:
+        shards = self._shards.values()
+        return (
+            self._on_message is not None
+            and bool(shards)
+            and all(s.listener.connected for s in shards)
+        )
+
+    async def _wait_until_up(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(START_WAIT_SECONDS):
+                while not self.ready:
+                    await asyncio.sleep(0.02)
+        if not self.ready:
+            log.warning("redis is not reachable yet; the instance stays unready until it is")
+
+    def _command_client(self) -> Commands:
+        target = self._target
+        common: dict[str, Any] = {
+            "username": target.username,
+            "password": target.password,
+            "protocol": 2,
+            "socket_timeout": COMMAND_TIMEOUT_SECONDS,
+            "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), 1),  # one immediate retry: a stale pooled socket
+        }
+        if target.mode is RedisMode.CLUSTER:
+            nodes = [ClusterNode(host, port) for host, port in target.nodes]
+            return RedisCluster(startup_nodes=nodes, ssl=target.tls, **common)
+        if target.mode is RedisMode.SENTINEL:
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(target.nodes),
+                socket_timeout=COMMAND_TIMEOUT_SECONDS,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            )
+            primary: aioredis.Redis = self._sentinel.master_for(
+                target.service_name or "", db=target.db, ssl=target.tls, **common
+            )
+            return primary
+        ((host, port),) = target.nodes
+        return aioredis.Redis(host=host, port=port, db=target.db, ssl=target.tls, **common)
+
+    async def _primary_address(self) -> tuple[str, int]:
+        if self._sentinel is None:
+            return self._target.nodes[0]
+        with translated("sentinel lookup"):
+            host, port = await self._sentinel.discover_master(self._target.service_name or "")
+        return str(host), int(port)
+
+    # Shards: where a room's channel lives.
+
+    def _shard_for(self, room_id: str) -> _Shard:
+        if isinstance(self._commands, RedisCluster):
+            node = self._commands.get_node_from_key(channel_of(room_id).decode())
+            if node is None:
+                raise BackendUnavailableError(f"no cluster node serves room {room_id}")
+            return self._shard_of_node(node)
+        return self._shards["primary"]
+
+    def _shard_of_node(self, node: ClusterNode) -> _Shard:
+        async def address() -> tuple[str, int]:
+            return node.host, int(node.port)
+
+        return self._shard_named(node.name, address)
+
+    def _shard_named(self, name: str, resolve: Resolve) -> _Shard:
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
+        sharded = self._target.mode is RedisMode.CLUSTER
+        listener = Listener(
+            name=name,
+            resolve=resolve,
+            credentials=self._credentials,
+            sharded=sharded,
+            on_message=self._deliver,
+            on_up=lambda: self._shard_up(name),
+        )
+        writer = OrderedWriter(
+            name=name,
+            resolve=resolve,
+            credentials=self._credentials,
+            sharded=sharded,
+            max_queued=PUBLISH_QUEUE_MAX_MESSAGES,
+        )
+        shard = self._shards[name] = _Shard(name, listener, writer)
+        for activity, run in (("listen", listener.run), ("publish", writer.run)):
+            task = asyncio.create_task(
+                _supervised(run, f"redis {activity} {name}"),
+                name=f"rendezvous.redis.{activity}:{name}",
+            )
+            shard.tasks.append(task)
+        return shard
+
+    def _shard_up(self, name: str) -> None:
+        shard = self._shards.get(name)
+        if shard is None:
+            return
+        recovered, shard.was_up = shard.was_up, True
+        if recovered and self._on_recovered is not None:
+            self._on_recovered()
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        on_message = self._on_message
+        if on_message is not None:
+            on_message(channel[len(_CHANNEL_HEAD) : -len(_CHANNEL_TAIL)].decode(), data)
+
+    # The bus.
+
+    async def subscribe(self, room_id: str) -> None:
+        self._require_started()
+        self._rooms.add(room_id)
+        await self._shard_for(room_id).listener.subscribe(channel_of(room_id))
+
+    async def unsubscribe(self, room_id: str) -> None:
+        self._rooms.discard(room_id)
+        if self._commands is not None:
+            await self._shard_for(room_id).listener.unsubscribe(channel_of(room_id))
+
+    def publish(self, room_id: str, data: bytes) -> None:
+        self._require_started()
+        shard = self._shard_for(room_id)
+        if not shard.listener.connected:
+            raise BackendUnavailableError(f"redis {shard.name} is unreachable")
+        shard.writer.put(channel_of(room_id), data)
+
+    # Presence.
+
+    async def join(self, room_id: str, member: Member, *, capacity: int) -> JoinResult:
+        args = (member.user_id, _value(member), capacity, self._ttl_ms, self._key_ttl_ms)
+        reply = await self._eval(scripts.JOIN, room_id, args, "join")
+        if reply[0] == 0:
+            raise RoomFullError(room_id)
+        replaced = _member(member.user_id.encode(), reply[1]) if reply[1] else None
+        return JoinResult(members=_members(reply[2:]), replaced=replaced)
+
+    async def leave(self, room_id: str, member: Member) -> bool:
+        reply = await self._eval(
+            scripts.LEAVE, room_id, (member.user_id, member.session_id), "leave"
+        )
+        return bool(reply == 1)
+
+    async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
+        await self._batch(scripts.REFRESH, entries, lambda m: m.session_id, "refresh")
+
+    async def reassert(self, entries: Sequence[tuple[str, Member]]) -> None:
+        await self._batch(scripts.REASSERT, entries, _value, "reassert")
+
+    async def members(self, room_id: str) -> tuple[Member, ...]:
+        return _members(await self._eval(scripts.MEMBERS, room_id, (), "members"))
+
+    async def reap_expired(self) -> list[tuple[str, Member]]:
+        rooms = sorted(self._rooms)
+        if not rooms:
+            return []
+        commands = self._require_started()
+        with translated("reap"):
+            pipe = commands.pipeline(transaction=False)
+            for room_id in rooms:
+                pipe.eval(scripts.REAP, 2, *keys_of(room_id))
+            replies = await pipe.execute()
+        return [
+            (room_id, m)
+            for room_id, reply in zip(rooms, replies, strict=True)
+            for m in _members(reply)
+        ]
+
+    async def _eval(self, script: str, room_id: str, args: Sequence[object], what: str) -> Any:
+        commands = self._require_started()
+        with translated(what):
+            return await commands.eval(script, 2, *keys_of(room_id), *args)  # type: ignore[arg-type]
+
+    async def _batch(
+        self,
+        script: str,
+        entries: Sequence[tuple[str, Member]],
+        second: Callable[[Member], str],
+        what: str,
+    ) -> None:
+        """One pipelined call: a script per room (per node, in Cluster mode)."""
+        commands = self._require_started()
+        by_room: dict[str, list[str]] = defaultdict(list)
+        for room_id, member in entries:
+            by_room[room_id] += (member.user_id, second(member))
+        if not by_room:
+            return
+        with translated(what):
+            pipe = commands.pipeline(transaction=False)
+            for room_id, pairs in by_room.items():
+                pipe.eval(script, 2, *keys_of(room_id), self._ttl_ms, self._key_ttl_ms, *pairs)
+            await pipe.execute()
+
+    def _require_started(self) -> Commands:
+        if self._commands is None or self._on_message is None:
+            raise BackendUnavailableError("redis backend is not started")
+        return self._commands
+
+
+async def _supervised(run: Callable[[], Any], what: str) -> None:
+    """Keep a long-running loop alive: a bug in it is logged, never silent, and it restarts."""
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting in %.1fs", what, RESTART_DELAY_SECONDS)
+            await asyncio.sleep(RESTART_DELAY_SECONDS)
+
+
+def _value(member: Member) -> str:
+    return f"{member.session_id}|{member.username}"
+
+
+def _member(user_id: bytes, value: bytes) -> Member:
+    session_id, _, username = value.decode().partition("|")
+    return Member(user_id.decode(), username, session_id)
+
+
+def _members(flat: Sequence[bytes]) -> tuple[Member, ...]:
+    return tuple(_member(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))

@@ -1,0 +1,208 @@
+"""Listening: one pub/sub connection per Redis node, kept alive for the life of the
+instance. It reconnects with capped backoff, re-subscribes every live channel before it
+reports itself up again, and pings so that a silently dead link is noticed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rendezvous.backends.base import BackendUnavailableError
+from rendezvous.backends.resp import RespConnection, RespError, RespValue
+
+log = logging.getLogger(__name__)
+
+Resolve = Callable[[], Awaitable[tuple[str, int]]]
+# Where a connection fails: the socket, the RESP stream, Redis itself, or address lookup.
+LINK_ERRORS = (OSError, TimeoutError, EOFError, RespError, BackendUnavailableError)
+
+BACKOFF_SECONDS = (0.05, 2.0)  # first retry, cap
+PING_INTERVAL_SECONDS = 2.0
+SILENCE_LIMIT_SECONDS = 3 * PING_INTERVAL_SECONDS
+SUBSCRIBE_TIMEOUT_SECONDS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def backoff_seconds(attempt: int) -> float:
+    first, cap = BACKOFF_SECONDS
+    return float(min(first * 2 ** max(attempt - 1, 0), cap))
+
+
+async def open_resp(resolve: Resolve, credentials: Credentials) -> RespConnection:
+    host, port = await resolve()
+    return await RespConnection.open(
+        host,
+        port,
+        username=credentials.username,
+        password=credentials.password,
+        tls=credentials.tls,
+    )
+
+
+class Listener:
+    """Subscriptions of one node. `subscribe` returns once Redis confirmed it."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        resolve: Resolve,
+        credentials: Credentials,
+        sharded: bool,
+        on_message: Callable[[bytes, bytes], None],
+        on_up: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self._resolve = resolve
+        self._credentials = credentials
+        prefix = b"S" if sharded else b""
+        self._subscribe_command = prefix + b"SUBSCRIBE"
+        self._unsubscribe_command = prefix + b"UNSUBSCRIBE"
+        self._message_kinds = {b"message", b"smessage"}
+        self._confirm_kinds = {b"subscribe", b"ssubscribe"}
+        self._on_message = on_message
+        self._on_up = on_up
+        self.channels: set[bytes] = set()
+        self._pending: dict[bytes, asyncio.Future[None]] = {}
+        self._connection: RespConnection | None = None
+        self.connected = False
+        self.reconnects = 0
+        self._last_heard = 0.0
+
+    async def run(self) -> None:
+        """Forever: connect, re-subscribe, read; on failure back off and start again."""
+        attempt = 0
+        while True:
+            try:
+                connection = await open_resp(self._resolve, self._credentials)
+            except LINK_ERRORS as exc:
+                attempt += 1
+                self.reconnects += 1
+                delay = backoff_seconds(attempt)
+                log.warning(
+                    "redis listener %s: connect attempt %d failed (%s); retrying in %.2fs",
+                    self.name,
+                    attempt,
+                    exc or type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await self._serve(connection, attempt)
+                attempt = 0
+            except LINK_ERRORS as exc:
+                attempt = max(attempt, 1)
+                log.warning(
+                    "redis listener %s: link lost (%s)", self.name, exc or type(exc).__name__
+                )
+            finally:
+                self._down(connection)
+
+    async def _serve(self, connection: RespConnection, attempt: int) -> None:
+        self._connection = connection
+        self._last_heard = asyncio.get_running_loop().time()
+        await self._resubscribe(connection)
+        self.connected = True
+        if attempt:
+            log.info("redis listener %s: reconnected after %d attempts", self.name, attempt)
+        self._on_up()
+        pinger = asyncio.create_task(
+            self._ping(connection), name=f"rendezvous.redis.ping:{self.name}"
+        )
+        try:
+            while True:
+                self._handle(await connection.read())
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+
+    async def _resubscribe(self, connection: RespConnection) -> None:
+        channels = sorted(self.channels)
+        if not channels:
+            return
+        connection.send(self._subscribe_command, *channels)
+        await connection.drain()
+        confirmed: set[bytes] = set()
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
+            while not confirmed.issuperset(channels):
+                reply = await connection.read()
+                if isinstance(reply, list) and reply[0] in self._confirm_kinds:
+                    confirmed.add(reply[1])  # type: ignore[arg-type]
+                else:
+                    self._handle(reply)
+        for channel in channels:
+            self._resolve_pending(channel)
+
+    def _handle(self, reply: RespValue) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+        if not isinstance(reply, list):
+            return  # +PONG outside subscribed mode
+        kind = reply[0]
+        if kind in self._message_kinds:
+            self._on_message(reply[1], reply[2])  # type: ignore[arg-type]
+        elif kind in self._confirm_kinds:
+            self._resolve_pending(reply[1])  # type: ignore[arg-type]
+
+    async def _ping(self, connection: RespConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PING_INTERVAL_SECONDS)
+            if loop.time() - self._last_heard > SILENCE_LIMIT_SECONDS:
+                log.warning("redis listener %s: no answer to pings; reconnecting", self.name)
+                connection.abort()
+                return
+            connection.send(b"PING")
+            await connection.drain()
+
+    def _down(self, connection: RespConnection) -> None:
+        task = asyncio.current_task()
+        if self.connected and not (task and task.cancelling()):  # not when shutting down
+            log.warning(
+                "redis listener %s: down, %d channels to restore", self.name, len(self.channels)
+            )
+        self.connected = False
+        self._connection = None
+        connection.abort()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BackendUnavailableError(f"redis {self.name} is unreachable"))
+        self._pending.clear()
+
+    def _resolve_pending(self, channel: bytes) -> None:
+        future = self._pending.pop(channel, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def subscribe(self, channel: bytes) -> None:
+        self.channels.add(channel)
+        connection = self._connection
+        if connection is None or not self.connected:
+            raise BackendUnavailableError(f"redis {self.name} is unreachable")
+        future = self._pending.get(channel)
+        if future is None:
+            future = self._pending[channel] = asyncio.get_running_loop().create_future()
+            connection.send(self._subscribe_command, channel)
+        try:
+            await connection.drain()
+            await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            raise BackendUnavailableError(f"subscribe on redis {self.name} failed") from exc
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        self.channels.discard(channel)
+        connection = self._connection
+        if connection is not None and self.connected:
+            connection.send(self._unsubscribe_command, channel)
+            with contextlib.suppress(OSError):
+                await connection.drain()

@@ -1,0 +1,147 @@
+"""Lua scripts for presence. Each touches only one room's keys, which share the hash tag
+`{room_id}`, so every script runs on one Redis Cluster slot and never raises CROSSSLOT.
+
+Keys: KEYS[1] is the room's member hash (user_id -> "session_id|username") and KEYS[2]
+its expiry sorted set (user_id -> expiry in ms, Redis server time, so instance clocks
+never matter). Every write re-arms both keys' TTL: no key outlives its room.
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+_ARM = """
+local function arm(key_ttl)
+  redis.call('PEXPIRE', KEYS[1], key_ttl)
+  redis.call('PEXPIRE', KEYS[2], key_ttl)
+end
+local function session_of(value)
+  return value and string.match(value, '^([^|]*)|') or nil
+end
+"""
+
+_LIVE = """
+local function live_members()
+  local users = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
+  local out = {}
+  if #users > 0 then
+    local values = redis.call('HMGET', KEYS[1], unpack(users))
+    for i, user in ipairs(users) do
+      if values[i] then
+        table.insert(out, user)
+        table.insert(out, values[i])
+      end
+    end
+  end
+  return out
+end
+"""
+
+# ARGV: user_id, "session|username", capacity, ttl_ms, key_ttl_ms
+# -> {1, previous_value_or_"", user, value, ...} or {0} when the room is full.
+JOIN = (
+    _NOW
+    + _ARM
+    + _LIVE
+    + """
+local user, value = ARGV[1], ARGV[2]
+local capacity, ttl, key_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local previous = redis.call('HGET', KEYS[1], user)
+local expires = redis.call('ZSCORE', KEYS[2], user)
+local replaced = ''
+if previous and expires and tonumber(expires) > now then
+  replaced = previous
+elseif redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf') >= capacity then
+  return {0}
+end
+redis.call('HSET', KEYS[1], user, value)
+redis.call('ZADD', KEYS[2], now + ttl, user)
+arm(key_ttl)
+local result = {1, replaced}
+for _, item in ipairs(live_members()) do table.insert(result, item) end
+return result
+"""
+)
+
+# ARGV: user_id, session_id -> 1 if this session was removed, else 0.
+LEAVE = (
+    _ARM
+    + """
+if session_of(redis.call('HGET', KEYS[1], ARGV[1])) ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+# ARGV: ttl_ms, key_ttl_ms, then user_id, session_id pairs. Extends live entries of
+# these very sessions only: an expired one belongs to the reaper.
+REFRESH = (
+    _NOW
+    + _ARM
+    + """
+local ttl, key_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local user, session = ARGV[i], ARGV[i + 1]
+  local expires = redis.call('ZSCORE', KEYS[2], user)
+  if expires and tonumber(expires) > now
+      and session_of(redis.call('HGET', KEYS[1], user)) == session then
+    redis.call('ZADD', KEYS[2], 'XX', now + ttl, user)
+  end
+end
+if redis.call('HLEN', KEYS[1]) > 0 then arm(key_ttl) end
+return 1
+"""
+)
+
+# ARGV: ttl_ms, key_ttl_ms, then user_id, "session|username" pairs. After an outage:
+# put back what Redis lost, extend what it kept; never overwrite another session.
+REASSERT = (
+    _NOW
+    + _ARM
+    + """
+local ttl, key_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local user, value = ARGV[i], ARGV[i + 1]
+  local current = redis.call('HGET', KEYS[1], user)
+  if not current or current == value then
+    redis.call('HSET', KEYS[1], user, value)
+    redis.call('ZADD', KEYS[2], now + ttl, user)
+  end
+end
+arm(key_ttl)
+return 1
+"""
+)
+
+# -> {user, value, ...} of the live members.
+MEMBERS = (
+    _NOW
+    + _LIVE
+    + """
+return live_members()
+"""
+)
+
+# -> {user, value, ...} of the expired members this call removed. Atomic, so each
+# expired member is claimed by exactly one caller across all instances.
+REAP = (
+    _NOW
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+local out = {}
+for _, user in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], user)
+  local value = redis.call('HGET', KEYS[1], user)
+  if value then
+    redis.call('HDEL', KEYS[1], user)
+    table.insert(out, user)
+    table.insert(out, value)
+  end
+end
+return out
+"""
+)

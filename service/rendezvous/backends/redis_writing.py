@@ -1,0 +1,102 @@
+"""Writing: one ordered publisher per Redis node. Messages leave in the order they were
+queued, pipelined in batches over a single connection, so a sender's offer can never be
+overtaken by its own ICE candidates the way it could through a pool of connections."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from rendezvous.backends.base import BackendUnavailableError
+from rendezvous.backends.redis_listening import (
+    LINK_ERRORS,
+    Credentials,
+    Resolve,
+    backoff_seconds,
+    open_resp,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_MESSAGES = 256
+
+
+class OrderedWriter:
+    def __init__(
+        self,
+        *,
+        name: str,
+        resolve: Resolve,
+        credentials: Credentials,
+        sharded: bool,
+        max_queued: int,
+    ) -> None:
+        self.name = name
+        self._resolve = resolve
+        self._credentials = credentials
+        self._command = b"SPUBLISH" if sharded else b"PUBLISH"
+        self._max_queued = max_queued
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, channel: bytes, data: bytes) -> None:
+        """Queue one message; never blocks. Raise when the queue is full (Redis too slow)."""
+        if len(self._queue) >= self._max_queued:
+            raise BackendUnavailableError(f"publish queue to redis {self.name} is full")
+        self._queue.append((channel, data))
+        self._ready.set()
+
+    async def run(self) -> None:
+        """Forever: connect, then send what is queued; on failure drop the batch in flight
+        (its senders cannot be told any more) and reconnect with capped backoff."""
+        attempt = 0
+        while True:
+            try:
+                connection = await open_resp(self._resolve, self._credentials)
+            except LINK_ERRORS as exc:
+                attempt += 1
+                delay = backoff_seconds(attempt)
+                log.warning(
+                    "redis writer %s: connect attempt %d failed (%s); retrying in %.2fs",
+                    self.name,
+                    attempt,
+                    exc or type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            batch: list[tuple[bytes, bytes]] = []
+            try:
+                while True:
+                    if not self._queue:
+                        self._ready.clear()
+                        await self._ready.wait()
+                    batch = [
+                        self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MESSAGES))
+                    ]
+                    for channel, data in batch:
+                        connection.send(self._command, channel, data)
+                    await connection.drain()
+                    for _ in batch:
+                        await connection.read()
+                    batch = []
+            except LINK_ERRORS as exc:
+                self.dropped += len(batch)
+                log.warning(
+                    "redis writer %s: link lost (%s); %d messages dropped",
+                    self.name,
+                    exc or type(exc).__name__,
+                    len(batch),
+                )
+            finally:
+                connection.abort()
+
+    def discard_queued(self) -> int:
+        """Forget what is queued (Redis is down: nobody would receive it in order)."""
+        count = len(self._queue)
+        self._queue.clear()
+        self.dropped += count
+        return count
