@@ -155,9 +155,12 @@ class Hub:
             removed = await self._backend.leave(room.room_id, member)
         except BackendUnavailableError:
             log.warning(
-                "could not remove a participant; its presence will expire",
+                "backend unavailable: the departure is told to this instance only; "
+                "elsewhere the participant's presence will expire",
                 extra={"room_id": room.room_id, "user_id": member.user_id},
             )
+            if room.roster.get(member.user_id) == member:  # not replaced meanwhile
+                self._apply_event(room, self._event(room, member, reason))
             removed = False
         if removed:
             self._emit(room, self._event(room, member, reason))

@@ -91,3 +91,13 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
             yield cluster
         finally:
             await cluster.close()
+
+
+# Real Redis for the stores (tests/support/redis.py documents them): a store reaches one
+# through request.getfixturevalue("redis_server" | "redis_cluster" | "redis_sentinel").
+from tests.support.redis import (  # noqa: E402, F401
+    redis_cluster,
+    redis_cluster_pool,
+    redis_sentinel,
+    redis_server,
+)
