@@ -292,13 +292,30 @@ async def test_expiry_is_announced_by_a_hub_without_local_members_of_the_room(
     instances: tuple[Instance, Instance],
 ) -> None:
     one, two = instances
-    bob, _ = await two.joined("bob")
     ghost = Member("ghost", "Ghost", "ghost-session")
+    await one.backend.join("r1", ghost, capacity=CAPACITY)  # bob's room_state lists it
+    bob, _ = await two.joined("bob")
     one.hub.expired("r1", ghost)
     left = await bob.expect("user_left")
     assert left["payload"] == {"user_id": "ghost", "username": "Ghost", "reason": "timeout"}
     await bob.expect_nothing()
     assert one.hub.room_count() == 0  # announcing did not leave an empty room behind
+
+
+async def test_a_departure_is_told_only_to_those_who_knew_of_that_session(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """A join racing a leave can miss a member in its snapshot whose user_left arrives
+    later: that departure is no news to it. (The twin case, a user_joined arriving after a
+    snapshot that listed the member, is proven across real instances in tests/scaleout.)"""
+    one, two = instances
+    alice, _ = await one.joined("alice")
+    bob, _ = await two.joined("bob")
+    await drain(alice, bob)
+    stranger = Member("stranger", "Stranger", "s-1")
+    two.hub.expired("r1", stranger)  # neither was ever told of this session
+    await alice.expect_nothing()
+    await bob.expect_nothing()
 
 
 async def test_a_local_session_whose_presence_was_reaped_elsewhere_is_timed_out(

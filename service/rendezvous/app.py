@@ -27,6 +27,8 @@ from rendezvous.turn.credentials import StaticIceServers
 
 log = logging.getLogger(__name__)
 
+BACKEND_STOP_SECONDS = 0.5  # part of the drain deadline's shutdown reserve
+
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
     """Build the app; `backend` lets tests share one broker between several apps."""
@@ -69,7 +71,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         upkeep.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep
-        await services.backend.stop()
+        try:
+            await asyncio.wait_for(services.backend.stop(), BACKEND_STOP_SECONDS)
+        except TimeoutError:
+            log.warning("the backend did not stop within %.1fs", BACKEND_STOP_SECONDS)
 
 
 def _redact_server_logs() -> None:

@@ -68,13 +68,25 @@ class _Joining:
 class LocalRoom:
     """One room as this instance sees it."""
 
-    __slots__ = ("joining", "lock", "room_id", "roster", "sessions", "subscribed")
+    __slots__ = (
+        "acquaintances",
+        "joining",
+        "lock",
+        "room_id",
+        "roster",
+        "sessions",
+        "subscribed",
+    )
 
     def __init__(self, room_id: str) -> None:
         self.room_id = room_id
         self.sessions: dict[str, Peer] = {}  # members on this instance, by user_id
         self.roster: dict[str, Member] = {}  # members on every instance, by user_id
         self.joining: dict[str, _Joining] = {}  # by session_id
+        # By local session_id: whom that session has been told of (user_id -> session_id).
+        # Joins racing on several instances can deliver an event after a snapshot that
+        # already showed it; this keeps every member told of each other exactly once.
+        self.acquaintances: dict[str, dict[str, str]] = {}
         self.lock = asyncio.Lock()  # orders subscribe/unsubscribe of the channel
         self.subscribed = False
 
@@ -130,8 +142,11 @@ class Hub:
             "participants": participants,
             "participant_count": len(participants),
         }
+        room.acquaintances[member.session_id] = {
+            m.user_id: m.session_id for m in result.members if m.user_id != member.user_id
+        }
         peer.deliver(encode(MessageType.ROOM_STATE, state, room_id=room.room_id))
-        self._replay(peer, later, joining)
+        self._replay(room, peer, later, joining)
         if previous is not None:
             previous.close(_replaced_error())
         if result.replaced is not None:
@@ -139,18 +154,24 @@ class Hub:
         self._emit(room, self._event(room, member, None))
         self._update_gauges()
 
-    def _replay(self, peer: Peer, later: list[BusMessage], joining: _Joining) -> None:
+    def _replay(
+        self, room: LocalRoom, peer: Peer, later: list[BusMessage], joining: _Joining
+    ) -> None:
         if joining.overflowed:
             peer.close(SignalingError(ErrorCode.SLOW_CONSUMER, "too much traffic while joining"))
             return
         for message in later:
-            peer.deliver(message.frame)
+            if message.kind is BusKind.RELAY:
+                peer.deliver(message.frame)
+            else:
+                _tell(room, peer, message)
 
     async def leave(self, peer: Peer, room: LocalRoom, *, reason: LeaveReason) -> None:
         """Forget a session that ended; announce it unless it was replaced or already gone."""
         member = peer.member
         if room.sessions.get(member.user_id) is peer:
             del room.sessions[member.user_id]
+        room.acquaintances.pop(member.session_id, None)
         try:
             removed = await self._backend.leave(room.room_id, member)
         except BackendUnavailableError:
@@ -290,7 +311,7 @@ class Hub:
                 local.time_out()  # reaped: its peers were told it left, so it must go
         for other in room.sessions.values():
             if other.member.user_id != user_id:
-                other.deliver(event.frame)
+                _tell(room, other, event)
 
     def _buffer(self, room: LocalRoom, message: BusMessage) -> None:
         for joining in room.joining.values():
@@ -327,6 +348,22 @@ class Hub:
 
 def _replaced_error() -> SignalingError:
     return SignalingError(ErrorCode.SESSION_REPLACED, "you joined this room again elsewhere")
+
+
+def _tell(room: LocalRoom, peer: Peer, event: BusMessage) -> None:
+    """Deliver a join/leave event unless it is no news to `peer`: a join it already knows
+    of (from its room_state), or the departure of a session it was never told of."""
+    known = room.acquaintances.get(peer.member.session_id)
+    if known is not None:
+        if event.kind is BusKind.JOINED:
+            if known.get(event.user_id) == event.session_id:
+                return
+            known[event.user_id] = event.session_id
+        else:
+            if known.get(event.user_id) != event.session_id:
+                return
+            del known[event.user_id]
+    peer.deliver(event.frame)
 
 
 def _update_roster(room: LocalRoom, event: BusMessage) -> None:

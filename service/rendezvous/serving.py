@@ -24,8 +24,10 @@ from rendezvous.settings import Settings
 log = logging.getLogger(__name__)
 
 CONNECTION_EXTENSION = "rendezvous.connection"
-# Of the drain deadline, what is kept for uvicorn's own shutdown and the app's lifespan.
+# Of the drain deadline, what is kept for uvicorn's own shutdown (waiting for the last
+# connections, at most UVICORN_GRACE_SECONDS) and for the app's lifespan and exit.
 SHUTDOWN_RESERVE_SECONDS = 2.0
+UVICORN_GRACE_SECONDS = 1
 
 
 class ConnectionControl:
@@ -143,7 +145,7 @@ def uvicorn_config(
         proxy_headers=True,
         server_header=False,
         lifespan="on",
-        timeout_graceful_shutdown=int(SHUTDOWN_RESERVE_SECONDS),
+        timeout_graceful_shutdown=UVICORN_GRACE_SECONDS,
     )
 
 
