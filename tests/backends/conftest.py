@@ -1,9 +1,10 @@
 """Fixtures for the backend contract suite: a cluster of backend instances sharing one store.
 
-Each parameter of `cluster` is one backend technology. A store is an async context manager
-that yields a `BackendFactory` (presence TTL in seconds -> a new, unstarted backend on that
-store) and tears the store down afterwards. Adding a backend is one more entry in `STORES`
-(for Redis: start a real redis-server, yield a factory of RedisBackends on its URL).
+Each parameter of `cluster` is one store: the in-memory broker, a real standalone
+redis-server, the session's real 3-node Redis Cluster, and a real Sentinel setup. A store
+is an async context manager (given the test's request, to reach the Redis fixtures) that
+yields a `BackendFactory` (presence TTL in seconds -> a new, unstarted backend on that
+store) and tears the store down afterwards.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ import pytest
 
 from rendezvous.backends.base import Backend, Member
 from rendezvous.backends.memory import MemoryBackend, MemoryBroker
+from rendezvous.backends.redis import RedisBackend
+from rendezvous.redis_url import parse_redis_url
+from tests.support.redis import RedisCluster, RedisSentinel, RedisServer
 
 BackendFactory = Callable[[float], Backend]
-Store = Callable[[], contextlib.AbstractAsyncContextManager[BackendFactory]]
+Store = Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[BackendFactory]]
 
 RECEIVE_TIMEOUT_SECONDS = 5.0
 DEFAULT_TTL_SECONDS = 30.0
 
 
 @contextlib.asynccontextmanager
-async def memory_store() -> AsyncIterator[BackendFactory]:
+async def memory_store(request: pytest.FixtureRequest) -> AsyncIterator[BackendFactory]:
     """MemoryBackends on one MemoryBroker, as instances on one Redis (real time clock)."""
     broker = MemoryBroker()
 
@@ -36,7 +40,43 @@ async def memory_store() -> AsyncIterator[BackendFactory]:
     yield new_backend
 
 
-STORES: dict[str, Store] = {"memory": memory_store}
+def redis_factory(url: str) -> BackendFactory:
+    """RedisBackends on the Redis at `url`, as instances configured with that URL."""
+    target = parse_redis_url(url)
+
+    def new_backend(presence_ttl_seconds: float) -> Backend:
+        return RedisBackend(target, presence_ttl_seconds=presence_ttl_seconds)
+
+    return new_backend
+
+
+@contextlib.asynccontextmanager
+async def redis_store(request: pytest.FixtureRequest) -> AsyncIterator[BackendFactory]:
+    """A real standalone redis-server, fresh for the test."""
+    server: RedisServer = request.getfixturevalue("redis_server")
+    yield redis_factory(server.url)
+
+
+@contextlib.asynccontextmanager
+async def redis_cluster_store(request: pytest.FixtureRequest) -> AsyncIterator[BackendFactory]:
+    """The session's real 3-node Redis Cluster (sharded pub/sub), emptied for the test."""
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    yield redis_factory(cluster.url)
+
+
+@contextlib.asynccontextmanager
+async def redis_sentinel_store(request: pytest.FixtureRequest) -> AsyncIterator[BackendFactory]:
+    """A real primary, replica and sentinel; backends find the primary through the sentinel."""
+    sentinel: RedisSentinel = request.getfixturevalue("redis_sentinel")
+    yield redis_factory(sentinel.url)
+
+
+STORES: dict[str, Store] = {
+    "memory": memory_store,
+    "redis": redis_store,
+    "redis-cluster": redis_cluster_store,
+    "redis-sentinel": redis_sentinel_store,
+}
 
 
 @dataclass
@@ -85,7 +125,7 @@ class Cluster:
 @pytest.fixture(params=sorted(STORES))
 async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     store: Store = STORES[request.param]
-    async with store() as factory:
+    async with store(request) as factory:
         cluster = Cluster(factory)
         try:
             yield cluster

@@ -82,7 +82,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(self, room_id: str) -> None:
-        """Listen to the room's channel; return once the subscription is confirmed."""
+        """Listen to the room's channel; return once the subscription is confirmed. If it
+        raises (or is cancelled), nothing of it remains: no later delivery, no reaping."""
 
     @abc.abstractmethod
     async def unsubscribe(self, room_id: str) -> None: ...

@@ -34,7 +34,7 @@ from rendezvous.backends.base import (
     Member,
     RoomFullError,
 )
-from rendezvous.backends.redis_listening import Credentials, Listener, Resolve
+from rendezvous.backends.redis_listening import Credentials, Listener, Resolve, backoff_seconds
 from rendezvous.backends.redis_writing import OrderedWriter
 from rendezvous.redis_url import RedisMode, RedisTarget
 
@@ -48,6 +48,8 @@ PUBLISH_QUEUE_MAX_MESSAGES = 10_000
 RESTART_DELAY_SECONDS = 1.0
 _CHANNEL_HEAD = f"{KEY_PREFIX}:{{".encode()
 _CHANNEL_TAIL = b"}:bus"
+# Every bus payload starts with its publisher's 16-byte id, so an instance drops its echo.
+_ORIGIN_BYTES = 16
 # Failures that mean "Redis is unreachable or failing over": the caller may retry later.
 _UNAVAILABLE = (
     redis_errors.ConnectionError,
@@ -56,8 +58,11 @@ _UNAVAILABLE = (
     redis_errors.ReadOnlyError,
     redis_errors.ClusterDownError,
     redis_errors.TryAgainError,
+    redis_errors.RedisClusterException,  # no node reachable, or a slot not covered
     OSError,
 )
+# Client-side mistakes of ours that redis-py's Cluster raises outside RedisError.
+_MISUSE = (redis_errors.CrossSlotTransactionError, redis_errors.InvalidPipelineStack)
 
 Commands = aioredis.Redis | RedisCluster
 
@@ -74,6 +79,8 @@ def keys_of(room_id: str) -> tuple[str, str]:
 def translated(what: str) -> Iterator[None]:
     try:
         yield
+    except _MISUSE as exc:
+        raise BackendError(f"redis failed ({what}): {exc}") from exc
     except _UNAVAILABLE as exc:
         raise BackendUnavailableError(f"redis unavailable ({what}): {exc}") from exc
     except redis_errors.RedisError as exc:
@@ -93,7 +100,9 @@ class _Shard:
 
 class RedisBackend(Backend):
     def __init__(self, target: RedisTarget, *, presence_ttl_seconds: float) -> None:
-        self.instance_id = uuid.uuid4().hex
+        origin = uuid.uuid4()
+        self.instance_id = origin.hex
+        self._origin = origin.bytes
         self._target = target
         self._ttl_ms = int(presence_ttl_seconds * 1000)
         self._key_ttl_ms = 3 * self._ttl_ms  # outlives every member's expiry, then goes
@@ -104,6 +113,7 @@ class RedisBackend(Backend):
         self._rooms: set[str] = set()
         self._on_message: BusHandler | None = None
         self._on_recovered: Callable[[], None] | None = None
+        self._discovery: asyncio.Task[None] | None = None
 
     # Lifecycle.
 
@@ -114,10 +124,9 @@ class RedisBackend(Backend):
         self._on_recovered = on_recovered
         self._commands = self._command_client()
         if isinstance(self._commands, RedisCluster):
-            with contextlib.suppress(BackendUnavailableError), translated("cluster discovery"):
-                await self._commands.initialize()
-                for node in self._commands.get_primaries():
-                    self._shard_of_node(node)
+            self._discovery = asyncio.create_task(
+                self._discover(self._commands), name="rendezvous.redis.discover"
+            )
         else:
             self._shard_named("primary", self._primary_address)
         await self._wait_until_up()
@@ -126,6 +135,9 @@ class RedisBackend(Backend):
     async def stop(self) -> None:
         self._on_message = None
         tasks = [task for shard in self._shards.values() for task in shard.tasks]
+        if self._discovery is not None:
+            tasks.append(self._discovery)
+            self._discovery = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -134,6 +146,10 @@ class RedisBackend(Backend):
             with contextlib.suppress(*_UNAVAILABLE, redis_errors.RedisError):
                 await self._commands.aclose()
             self._commands = None
+        if self._sentinel is not None:  # its own connections to the sentinels
+            with contextlib.suppress(*_UNAVAILABLE, redis_errors.RedisError):
+                await self._sentinel.aclose()
+            self._sentinel = None
 
     @property
     def ready(self) -> bool:
@@ -143,6 +159,11 @@ class RedisBackend(Backend):
             and bool(shards)
             and all(s.listener.connected for s in shards)
         )
+
+    @property
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """The long-running loops: a listener and a writer per Redis node."""
+        return tuple(task for shard in self._shards.values() for task in shard.tasks)
 
     async def _wait_until_up(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -161,15 +182,22 @@ class RedisBackend(Backend):
             "socket_timeout": COMMAND_TIMEOUT_SECONDS,
             "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "retry": Retry(NoBackoff(), 1),  # one immediate retry: a stale pooled socket
+            "client_name": self._client_name("commands"),
         }
         if target.mode is RedisMode.CLUSTER:
             nodes = [ClusterNode(host, port) for host, port in target.nodes]
             return RedisCluster(startup_nodes=nodes, ssl=target.tls, **common)
         if target.mode is RedisMode.SENTINEL:
+            # The connections to the sentinels are pinned too (redis-py 8 defaults to RESP3).
+            sentinel_options = {
+                "protocol": 2,
+                "socket_timeout": COMMAND_TIMEOUT_SECONDS,
+                "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "retry": Retry(NoBackoff(), 1),
+                "client_name": self._client_name("sentinel"),
+            }
             self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                list(target.nodes),
-                socket_timeout=COMMAND_TIMEOUT_SECONDS,
-                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                list(target.nodes), sentinel_kwargs=sentinel_options
             )
             primary: aioredis.Redis = self._sentinel.master_for(
                 target.service_name or "", db=target.db, ssl=target.tls, **common
@@ -177,6 +205,36 @@ class RedisBackend(Backend):
             return primary
         ((host, port),) = target.nodes
         return aioredis.Redis(host=host, port=port, db=target.db, ssl=target.tls, **common)
+
+    async def _discover(self, cluster: RedisCluster) -> None:
+        """Find the Cluster's primaries, one shard each; until the Cluster answers (it may
+        start after us), retry with capped backoff while the instance stays unready."""
+        attempt = 0
+        while True:
+            try:
+                with translated("cluster discovery"):
+                    await cluster.initialize()
+                    primaries = cluster.get_primaries()
+                break
+            except Exception as exc:  # a bug must not leave the instance unready for good
+                attempt += 1
+                delay = backoff_seconds(attempt)
+                log.warning(
+                    "redis cluster discovery attempt %d failed (%s); retrying in %.2fs",
+                    attempt,
+                    exc,
+                    delay,
+                    exc_info=not isinstance(exc, BackendError),
+                )
+                await asyncio.sleep(delay)
+        for node in primaries:
+            self._shard_of_node(node)
+        if attempt:
+            log.info("redis cluster discovered after %d attempts", attempt)
+
+    def _client_name(self, role: str) -> str:
+        """How our connections appear in `CLIENT LIST`: role and instance."""
+        return f"rendezvous-{role}-{self.instance_id}"
 
     async def _primary_address(self) -> tuple[str, int]:
         if self._sentinel is None:
@@ -189,7 +247,10 @@ class RedisBackend(Backend):
 
     def _shard_for(self, room_id: str) -> _Shard:
         if isinstance(self._commands, RedisCluster):
-            node = self._commands.get_node_from_key(channel_of(room_id).decode())
+            if self._discovery is not None and not self._discovery.done():
+                raise BackendUnavailableError("the redis cluster is not discovered yet")
+            with translated("cluster routing"):
+                node = self._commands.get_node_from_key(channel_of(room_id).decode())
             if node is None:
                 raise BackendUnavailableError(f"no cluster node serves room {room_id}")
             return self._shard_of_node(node)
@@ -208,6 +269,7 @@ class RedisBackend(Backend):
         sharded = self._target.mode is RedisMode.CLUSTER
         listener = Listener(
             name=name,
+            client_name=self._client_name("listen"),
             resolve=resolve,
             credentials=self._credentials,
             sharded=sharded,
@@ -216,6 +278,7 @@ class RedisBackend(Backend):
         )
         writer = OrderedWriter(
             name=name,
+            client_name=self._client_name("publish"),
             resolve=resolve,
             credentials=self._credentials,
             sharded=sharded,
@@ -240,15 +303,26 @@ class RedisBackend(Backend):
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         on_message = self._on_message
-        if on_message is not None:
-            on_message(channel[len(_CHANNEL_HEAD) : -len(_CHANNEL_TAIL)].decode(), data)
+        if on_message is None or data[:_ORIGIN_BYTES] == self._origin:
+            return  # stopped, or our own message coming back
+        if len(data) < _ORIGIN_BYTES or not channel.startswith(_CHANNEL_HEAD):
+            log.warning("dropping a malformed bus message on %r", channel)
+            return
+        room_id = channel[len(_CHANNEL_HEAD) : -len(_CHANNEL_TAIL)].decode()
+        on_message(room_id, data[_ORIGIN_BYTES:])
 
     # The bus.
 
     async def subscribe(self, room_id: str) -> None:
         self._require_started()
+        known = room_id in self._rooms
         self._rooms.add(room_id)
-        await self._shard_for(room_id).listener.subscribe(channel_of(room_id))
+        try:
+            await self._shard_for(room_id).listener.subscribe(channel_of(room_id))
+        except BaseException:
+            if not known:  # not subscribed: not ours to reap either
+                self._rooms.discard(room_id)
+            raise
 
     async def unsubscribe(self, room_id: str) -> None:
         self._rooms.discard(room_id)
@@ -260,7 +334,7 @@ class RedisBackend(Backend):
         shard = self._shard_for(room_id)
         if not shard.listener.connected:
             raise BackendUnavailableError(f"redis {shard.name} is unreachable")
-        shard.writer.put(channel_of(room_id), data)
+        shard.writer.put(channel_of(room_id), self._origin + data)
 
     # Presence.
 
@@ -288,10 +362,10 @@ class RedisBackend(Backend):
         return _members(await self._eval(scripts.MEMBERS, room_id, (), "members"))
 
     async def reap_expired(self) -> list[tuple[str, Member]]:
+        commands = self._require_started()
         rooms = sorted(self._rooms)
         if not rooms:
             return []
-        commands = self._require_started()
         with translated("reap"):
             pipe = commands.pipeline(transaction=False)
             for room_id in rooms:

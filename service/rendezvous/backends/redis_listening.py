@@ -37,7 +37,9 @@ def backoff_seconds(attempt: int) -> float:
     return float(min(first * 2 ** max(attempt - 1, 0), cap))
 
 
-async def open_resp(resolve: Resolve, credentials: Credentials) -> RespConnection:
+async def open_resp(
+    resolve: Resolve, credentials: Credentials, *, client_name: str
+) -> RespConnection:
     host, port = await resolve()
     return await RespConnection.open(
         host,
@@ -45,6 +47,7 @@ async def open_resp(resolve: Resolve, credentials: Credentials) -> RespConnectio
         username=credentials.username,
         password=credentials.password,
         tls=credentials.tls,
+        client_name=client_name,
     )
 
 
@@ -55,6 +58,7 @@ class Listener:
         self,
         *,
         name: str,
+        client_name: str,
         resolve: Resolve,
         credentials: Credentials,
         sharded: bool,
@@ -62,6 +66,7 @@ class Listener:
         on_up: Callable[[], None],
     ) -> None:
         self.name = name
+        self._client_name = client_name
         self._resolve = resolve
         self._credentials = credentials
         prefix = b"S" if sharded else b""
@@ -83,7 +88,9 @@ class Listener:
         attempt = 0
         while True:
             try:
-                connection = await open_resp(self._resolve, self._credentials)
+                connection = await open_resp(
+                    self._resolve, self._credentials, client_name=self._client_name
+                )
             except LINK_ERRORS as exc:
                 attempt += 1
                 self.reconnects += 1
@@ -131,7 +138,9 @@ class Listener:
         channels = sorted(self.channels)
         if not channels:
             return
-        connection.send(self._subscribe_command, *channels)
+        # One command per channel, pipelined: SSUBSCRIBE takes only channels of one slot.
+        for channel in channels:
+            connection.send(self._subscribe_command, channel)
         await connection.drain()
         confirmed: set[bytes] = set()
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
@@ -185,10 +194,13 @@ class Listener:
             future.set_result(None)
 
     async def subscribe(self, channel: bytes) -> None:
-        self.channels.add(channel)
+        """Subscribe; on failure leave no trace, or a reconnect would restore a channel
+        whose caller was told it is not subscribed."""
+        known = channel in self.channels
         connection = self._connection
         if connection is None or not self.connected:
             raise BackendUnavailableError(f"redis {self.name} is unreachable")
+        self.channels.add(channel)
         future = self._pending.get(channel)
         if future is None:
             future = self._pending[channel] = asyncio.get_running_loop().create_future()
@@ -196,13 +208,34 @@ class Listener:
         try:
             await connection.drain()
             await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_TIMEOUT_SECONDS)
-        except (OSError, TimeoutError) as exc:
-            raise BackendUnavailableError(f"subscribe on redis {self.name} failed") from exc
+        except BaseException as exc:  # cancelled too: the caller never had the channel
+            self._abandon(channel, future)
+            if not known:
+                self._drop(channel)
+            if isinstance(exc, OSError | TimeoutError):
+                raise BackendUnavailableError(f"subscribe on redis {self.name} failed") from exc
+            raise
+
+    def _abandon(self, channel: bytes, future: asyncio.Future[None]) -> None:
+        """Forget a confirmation nobody waits for any more (and whose error was told)."""
+        if self._pending.get(channel) is future:
+            del self._pending[channel]
+        if not future.done():
+            future.set_exception(BackendUnavailableError(f"redis {self.name}: gave up"))
+        if not future.cancelled():
+            future.exception()  # marks it retrieved
 
     async def unsubscribe(self, channel: bytes) -> None:
-        self.channels.discard(channel)
-        connection = self._connection
-        if connection is not None and self.connected:
-            connection.send(self._unsubscribe_command, channel)
+        connection = self._drop(channel)
+        if connection is not None:
             with contextlib.suppress(OSError):
                 await connection.drain()
+
+    def _drop(self, channel: bytes) -> RespConnection | None:
+        """Forget the channel and tell Redis if connected (a reconnect forgets it anyway)."""
+        self.channels.discard(channel)
+        connection = self._connection
+        if connection is None or not self.connected:
+            return None
+        connection.send(self._unsubscribe_command, channel)
+        return connection

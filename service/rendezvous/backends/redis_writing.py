@@ -16,6 +16,7 @@ from rendezvous.backends.redis_listening import (
     backoff_seconds,
     open_resp,
 )
+from rendezvous.backends.resp import RespConnection
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,14 @@ class OrderedWriter:
         self,
         *,
         name: str,
+        client_name: str,
         resolve: Resolve,
         credentials: Credentials,
         sharded: bool,
         max_queued: int,
     ) -> None:
         self.name = name
+        self._client_name = client_name
         self._resolve = resolve
         self._credentials = credentials
         self._command = b"SPUBLISH" if sharded else b"PUBLISH"
@@ -54,7 +57,9 @@ class OrderedWriter:
         attempt = 0
         while True:
             try:
-                connection = await open_resp(self._resolve, self._credentials)
+                connection = await open_resp(
+                    self._resolve, self._credentials, client_name=self._client_name
+                )
             except LINK_ERRORS as exc:
                 attempt += 1
                 delay = backoff_seconds(attempt)
@@ -72,8 +77,7 @@ class OrderedWriter:
             try:
                 while True:
                     if not self._queue:
-                        self._ready.clear()
-                        await self._ready.wait()
+                        await self._idle(connection)
                     batch = [
                         self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MESSAGES))
                     ]
@@ -93,6 +97,21 @@ class OrderedWriter:
                 )
             finally:
                 connection.abort()
+
+    async def _idle(self, connection: RespConnection) -> None:
+        """Wait for the next message, watching the link meanwhile: a connection Redis closed
+        while we were idle (a restart, CLIENT KILL) is replaced before it loses a batch."""
+        self._ready.clear()
+        queued = asyncio.ensure_future(self._ready.wait())
+        closed = asyncio.ensure_future(connection.closed_by_peer())
+        try:
+            await asyncio.wait((queued, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (queued, closed):
+                waiter.cancel()
+            await asyncio.gather(queued, closed, return_exceptions=True)
+        if closed.done() and not closed.cancelled():
+            closed.result()  # raises: the link is gone
 
     def discard_queued(self) -> int:
         """Forget what is queued (Redis is down: nobody would receive it in order)."""

@@ -37,25 +37,32 @@ class RespConnection:
         username: str | None = None,
         password: str | None = None,
         tls: bool = False,
+        client_name: str | None = None,
     ) -> RespConnection:
-        """Connect and authenticate; raise OSError, TimeoutError or RespError."""
+        """Connect, authenticate and name the connection (`CLIENT SETNAME`, so operators
+        see it in `CLIENT LIST`); raise OSError, TimeoutError or RespError."""
         context = ssl.create_default_context() if tls else None
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=context, limit=2**20),
             CONNECT_TIMEOUT_SECONDS,
         )
         connection = cls(reader, writer)
-        if password is not None:
-            auth = (
-                (b"AUTH", username.encode(), password.encode())
-                if username
-                else (
-                    b"AUTH",
-                    password.encode(),
-                )
-            )
-            connection.send(*auth)
-            await asyncio.wait_for(connection.read(), CONNECT_TIMEOUT_SECONDS)
+        try:
+            commands: list[tuple[bytes, ...]] = []
+            if password is not None:
+                credentials = (username.encode(),) if username else ()
+                commands.append((b"AUTH", *credentials, password.encode()))
+            if client_name is not None:
+                commands.append((b"CLIENT", b"SETNAME", client_name.encode()))
+            for command in commands:
+                connection.send(*command)
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                await connection.drain()
+                for _ in commands:
+                    await connection.read()
+        except BaseException:
+            connection.abort()
+            raise
         return connection
 
     def send(self, *parts: bytes) -> None:
@@ -93,6 +100,12 @@ class RespConnection:
         if kind == b"-":
             raise RespError(rest.decode(errors="replace"))
         raise ConnectionResetError(f"unexpected RESP type {kind!r}")
+
+    async def closed_by_peer(self) -> None:
+        """Wait until Redis closes an idle connection (it owes no reply), then raise."""
+        if await self._reader.read(1):
+            raise ConnectionResetError("unexpected data from redis on an idle connection")
+        raise ConnectionResetError("redis closed the connection")
 
     def abort(self) -> None:
         transport = self._writer.transport
