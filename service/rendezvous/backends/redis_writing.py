@@ -112,10 +112,3 @@ class OrderedWriter:
             await asyncio.gather(queued, closed, return_exceptions=True)
         if closed.done() and not closed.cancelled():
             closed.result()  # raises: the link is gone
-
-    def discard_queued(self) -> int:
-        """Forget what is queued (Redis is down: nobody would receive it in order)."""
-        count = len(self._queue)
-        self._queue.clear()
-        self.dropped += count
-        return count
