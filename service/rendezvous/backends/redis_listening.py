@@ -51,6 +51,28 @@ async def open_resp(
     )
 
 
+async def connect_with_backoff(
+    what: str, resolve: Resolve, credentials: Credentials, *, client_name: str
+) -> tuple[RespConnection, int]:
+    """Connect, retrying with capped backoff and logging every failed attempt; return the
+    connection and how many attempts failed before it."""
+    failures = 0
+    while True:
+        try:
+            return await open_resp(resolve, credentials, client_name=client_name), failures
+        except LINK_ERRORS as exc:
+            failures += 1
+            delay = backoff_seconds(failures)
+            log.warning(
+                "%s: connect attempt %d failed (%s); retrying in %.2fs",
+                what,
+                failures,
+                exc or type(exc).__name__,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+
 class Listener:
     """Subscriptions of one node. `subscribe` returns once Redis confirmed it."""
 
@@ -85,43 +107,34 @@ class Listener:
 
     async def run(self) -> None:
         """Forever: connect, re-subscribe, read; on failure back off and start again."""
-        attempt = 0
+        lost = False
         while True:
+            connection, failures = await connect_with_backoff(
+                f"redis listener {self.name}",
+                self._resolve,
+                self._credentials,
+                client_name=self._client_name,
+            )
+            self.reconnects += failures
             try:
-                connection = await open_resp(
-                    self._resolve, self._credentials, client_name=self._client_name
-                )
+                await self._serve(connection, failures=failures if lost or failures else None)
             except LINK_ERRORS as exc:
-                attempt += 1
-                self.reconnects += 1
-                delay = backoff_seconds(attempt)
-                log.warning(
-                    "redis listener %s: connect attempt %d failed (%s); retrying in %.2fs",
-                    self.name,
-                    attempt,
-                    exc or type(exc).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            try:
-                await self._serve(connection, attempt)
-                attempt = 0
-            except LINK_ERRORS as exc:
-                attempt = max(attempt, 1)
                 log.warning(
                     "redis listener %s: link lost (%s)", self.name, exc or type(exc).__name__
                 )
             finally:
                 self._down(connection)
+            lost = True
 
-    async def _serve(self, connection: RespConnection, attempt: int) -> None:
+    async def _serve(self, connection: RespConnection, *, failures: int | None) -> None:
+        """Re-subscribe, report up, then read until the link fails. `failures` is None on
+        the first connection, else how many attempts failed before this reconnection."""
         self._connection = connection
         self._last_heard = asyncio.get_running_loop().time()
         await self._resubscribe(connection)
         self.connected = True
-        if attempt:
-            log.info("redis listener %s: reconnected after %d attempts", self.name, attempt)
+        if failures is not None:
+            log.info("redis listener %s: reconnected after %d failed attempts", self.name, failures)
         self._on_up()
         pinger = asyncio.create_task(
             self._ping(connection), name=f"rendezvous.redis.ping:{self.name}"

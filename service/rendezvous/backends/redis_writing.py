@@ -13,8 +13,7 @@ from rendezvous.backends.redis_listening import (
     LINK_ERRORS,
     Credentials,
     Resolve,
-    backoff_seconds,
-    open_resp,
+    connect_with_backoff,
 )
 from rendezvous.backends.resp import RespConnection
 
@@ -54,25 +53,13 @@ class OrderedWriter:
     async def run(self) -> None:
         """Forever: connect, then send what is queued; on failure drop the batch in flight
         (its senders cannot be told any more) and reconnect with capped backoff."""
-        attempt = 0
         while True:
-            try:
-                connection = await open_resp(
-                    self._resolve, self._credentials, client_name=self._client_name
-                )
-            except LINK_ERRORS as exc:
-                attempt += 1
-                delay = backoff_seconds(attempt)
-                log.warning(
-                    "redis writer %s: connect attempt %d failed (%s); retrying in %.2fs",
-                    self.name,
-                    attempt,
-                    exc or type(exc).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            attempt = 0
+            connection, _ = await connect_with_backoff(
+                f"redis writer {self.name}",
+                self._resolve,
+                self._credentials,
+                client_name=self._client_name,
+            )
             batch: list[tuple[bytes, bytes]] = []
             try:
                 while True:
