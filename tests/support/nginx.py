@@ -13,20 +13,18 @@ client to a chosen loopback source address (`source_address(n)` is 127.0.n.1), a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import httpx
 
 from tests.support.client import Client, connect
-from tests.support.process import Daemon, port_open, require_program, unused_port
+from tests.support.process import Component, Daemon, port_open, require_program, unused_port
 
 HOST = "127.0.0.1"
 Balance = Literal["ip_hash", "least_conn", "round_robin"]
@@ -37,7 +35,7 @@ _POLL_SECONDS = 0.02
 _IP_HASH_SEED, _IP_HASH_FACTOR, _IP_HASH_MODULUS = 89, 113, 6271  # ngx_http_upstream_ip_hash
 
 
-class Nginx:
+class Nginx(Component):
     """nginx proxying to `upstream_ports` on 127.0.0.1, in the order given (`ip_hash`
     picks among them by that order). Use as `with` or `async with`."""
 
@@ -183,29 +181,6 @@ http {{
         if self._daemon.process is not None:
             # SIGTERM is nginx's fast shutdown; SIGQUIT would wait for every WebSocket.
             self._daemon.stop(signal.SIGTERM, timeout=STOP_DEADLINE_SECONDS)
-
-    def __enter__(self) -> Self:
-        self._up()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._down()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.__enter__)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self._down)
 
 
 def source_address(n: int) -> str:

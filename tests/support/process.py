@@ -17,7 +17,8 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
 import httpx
 
@@ -320,3 +321,41 @@ async def wait_healthy(served: Served) -> None:
     """Wait (bounded) until `served` answers GET /healthz with 200; fail with its output if
     it exits or never does."""
     await _wait_healthy(served)
+
+
+class Component:
+    """A real component for tests: started on enter, stopped on exit, with `with`
+    (fixtures) or `async with` (tests; start and stop run in a thread)."""
+
+    def _up(self) -> None:
+        raise NotImplementedError
+
+    def _down(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self._up()
+        except BaseException:
+            self._down()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._down()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.__enter__)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self._down)

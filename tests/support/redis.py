@@ -29,8 +29,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pytest
 import redis
@@ -41,7 +40,7 @@ import redis.asyncio.sentinel
 import redis.retry
 from redis.backoff import NoBackoff
 
-from tests.support.process import Daemon, require_program, unused_port
+from tests.support.process import Component, Daemon, require_program, unused_port
 
 HOST = "127.0.0.1"
 READY_DEADLINE_SECONDS = 10.0
@@ -121,47 +120,14 @@ def _flush(port: int, password: str | None = None) -> None:
         client.script_flush()
 
 
-class _Component:
-    """Start on enter, stop on exit: `with` (fixtures) or `async with` (tests)."""
-
-    def _up(self) -> None:
-        raise NotImplementedError
-
-    def _down(self) -> None:
-        raise NotImplementedError
+class _Component(Component):
+    """A Redis deployment: it can also say whether it is healthy and empty itself."""
 
     def _healthy(self) -> bool:
         raise NotImplementedError
 
     def _flush(self) -> None:
         raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        try:
-            self._up()
-        except BaseException:
-            self._down()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._down()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.__enter__)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self._down)
 
 
 class _PortTakenError(Exception):
