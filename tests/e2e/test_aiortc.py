@@ -254,6 +254,26 @@ async def answer(bob: Peer, *, to: str) -> None:
     await bob.apply_remote_candidates(sender=to)  # queued on the socket meanwhile, in order
 
 
+async def chat(alice: Peer, bob: Peer, *, greeting: str, reply: str) -> RTCDataChannel:
+    """Negotiate (alice offers to bob, both trickle), then greet over a data channel and
+    read bob's reply; return bob's end of the channel."""
+    bob_channels: asyncio.Queue[RTCDataChannel] = asyncio.Queue()
+    bob.pc.on("datachannel", bob_channels.put_nowait)
+    async with asyncio.timeout(NEGOTIATION_TIMEOUT_SECONDS):
+        async with asyncio.TaskGroup() as negotiation:
+            offering = negotiation.create_task(offer(alice, to=bob.user_id))
+            negotiation.create_task(answer(bob, to=alice.user_id))
+        alice_channel = offering.result()
+        await wait_open(alice_channel)
+        alice_channel.send(greeting)
+        bob_channel = await bob_channels.get()
+        bob.collect_messages(bob_channel)
+        assert await bob.inbox.get() == greeting
+        bob_channel.send(reply)
+        assert await alice.inbox.get() == reply
+    return bob_channel
+
+
 async def wait_open(channel: RTCDataChannel) -> None:
     opened = asyncio.Event()
     channel.on("open", opened.set)
@@ -294,23 +314,10 @@ async def test_aiortc_peers_open_a_data_channel_with_trickled_candidates(
 
                     alice = Peer("alice", alice_ws, alice_pc)
                     bob = Peer("bob", bob_ws, bob_pc)
-                    bob_channels: asyncio.Queue[RTCDataChannel] = asyncio.Queue()
-                    bob_pc.on("datachannel", bob_channels.put_nowait)
-
-                    async with asyncio.timeout(NEGOTIATION_TIMEOUT_SECONDS):
-                        async with asyncio.TaskGroup() as negotiation:
-                            offering = negotiation.create_task(offer(alice, to="bob"))
-                            negotiation.create_task(answer(bob, to="alice"))
-                        alice_channel = offering.result()
-                        await wait_open(alice_channel)
-                        alice_channel.send("hello from alice")
-
-                        bob_channel = await bob_channels.get()
-                        bob.collect_messages(bob_channel)
-                        assert bob_channel.label == "chat"
-                        assert await bob.inbox.get() == "hello from alice"
-                        bob_channel.send("hello back from bob")
-                        assert await alice.inbox.get() == "hello back from bob"
+                    bob_channel = await chat(
+                        alice, bob, greeting="hello from alice", reply="hello back from bob"
+                    )
+                    assert bob_channel.label == "chat"
 
                     # Candidates could only have travelled as trickled ice_candidate frames.
                     for peer in (alice, bob):

@@ -13,17 +13,14 @@ from typing import Any
 
 import aioice.ice
 import pytest
-from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc import RTCPeerConnection
 
 from tests.e2e.test_aiortc import (
     LOOPBACK,
-    NEGOTIATION_TIMEOUT_SECONDS,
     Peer,
-    answer,
+    chat,
     fetch_rtc_configuration,
-    offer,
     stun_server,
-    wait_open,
     with_both_spellings,
 )
 from tests.scaleout.helpers import (
@@ -305,20 +302,7 @@ async def test_aiortc_peers_on_two_instances_open_a_data_channel(
                     assert user_ids(bob_state) == {"alice", "bob"}
                     await expect_event(alice_ws, "user_joined", "bob")
                     alice, bob = Peer("alice", alice_ws, alice_pc), Peer("bob", bob_ws, bob_pc)
-                    bob_channels: asyncio.Queue[RTCDataChannel] = asyncio.Queue()
-                    bob_pc.on("datachannel", bob_channels.put_nowait)
-                    async with asyncio.timeout(NEGOTIATION_TIMEOUT_SECONDS):
-                        async with asyncio.TaskGroup() as negotiation:
-                            offering = negotiation.create_task(offer(alice, to="bob"))
-                            negotiation.create_task(answer(bob, to="alice"))
-                        alice_channel = offering.result()
-                        await wait_open(alice_channel)
-                        alice_channel.send("hello across instances")
-                        bob_channel = await bob_channels.get()
-                        bob.collect_messages(bob_channel)
-                        assert await bob.inbox.get() == "hello across instances"
-                        bob_channel.send("hello back")
-                        assert await alice.inbox.get() == "hello back"
+                    await chat(alice, bob, greeting="hello across instances", reply="hello back")
                     assert (alice_pc.connectionState, bob_pc.connectionState) == ("connected",) * 2
                     for receiver, sender in ((alice, bob), (bob, alice)):
                         # Candidates crossed instances only as trickled ice_candidate frames.
