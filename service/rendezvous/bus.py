@@ -1,5 +1,6 @@
 """What travels on a room channel between instances: a small routing header, then the
-client frame exactly as it will be sent, so no instance re-encodes a relayed message."""
+client frame exactly as it will be sent, so no instance re-encodes a relayed message.
+(A backend never hands an instance its own publishes back: no origin travels here.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ class BusKind(enum.StrEnum):
 class BusMessage:
     """`user_id` is the sender of a relay, or the member a join/leave event is about."""
 
-    origin: str  # instance_id of the publisher, to drop our own echoes
     kind: BusKind
     user_id: str
     frame: str
@@ -34,7 +34,7 @@ class BusDecodeError(ValueError):
 
 
 def encode_bus(message: BusMessage) -> bytes:
-    header = {"o": message.origin, "k": message.kind.value, "u": message.user_id}
+    header = {"k": message.kind.value, "u": message.user_id}
     if message.target is not None:
         header["t"] = message.target
     if message.kind is not BusKind.RELAY:
@@ -49,7 +49,6 @@ def decode_bus(data: bytes) -> BusMessage:
             raise ValueError("no frame after the header")
         header = orjson.loads(head)
         return BusMessage(
-            origin=header["o"],
             kind=BusKind(header["k"]),
             user_id=header["u"],
             frame=frame.decode(),

@@ -218,19 +218,22 @@ class Hub:
             local = room.sessions.get(target)
             if local is not None:
                 local.deliver(frame)
+                remote = False
             else:
-                self._publish_relay(room, sender, frame, target)
+                remote = True
         else:
             for other in room.sessions.values():
                 if other is not peer:
                     other.deliver(frame)
-            if len(room.roster) > len(room.sessions):  # members on other instances
-                self._publish_relay(room, sender, frame, None)
-        if room.joining:
-            self._buffer(room, BusMessage("", BusKind.RELAY, sender, frame, target))
+            remote = len(room.roster) > len(room.sessions)  # members on other instances
+        if remote or room.joining:
+            message = BusMessage(BusKind.RELAY, sender, frame, target)
+            if room.joining:
+                self._buffer(room, message)
+            if remote:
+                self._publish(room, message)
 
-    def _publish_relay(self, room: LocalRoom, sender: str, frame: str, target: str | None) -> None:
-        message = BusMessage(self._backend.instance_id, BusKind.RELAY, sender, frame, target)
+    def _publish(self, room: LocalRoom, message: BusMessage) -> None:
         try:
             self._backend.publish(room.room_id, encode_bus(message))
         except BackendUnavailableError as exc:
@@ -244,7 +247,7 @@ class Hub:
             log.exception("dropped an undecodable bus message", extra={"room_id": room_id})
             return
         room = self._rooms.get(room_id)
-        if room is None or message.origin == self._backend.instance_id:
+        if room is None:
             return
         if message.kind is BusKind.RELAY:
             if message.target is not None:
@@ -273,7 +276,6 @@ class Hub:
             payload = {**person, "reason": reason.value}
             kind, frame = BusKind.LEFT, encode(MessageType.USER_LEFT, payload, room_id=room.room_id)
         return BusMessage(
-            origin=self._backend.instance_id,
             kind=kind,
             user_id=member.user_id,
             frame=frame,
