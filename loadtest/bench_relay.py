@@ -4,8 +4,12 @@ CPU microseconds per relayed message (from the server process's own accounting).
 
     .venv/bin/python loadtest/bench_relay.py [--pairs 20 --seconds 10 --sdp-bytes 1024]
 
-Everything runs on 127.0.0.1; the run stops by itself and always stops the server.
-The clients run in their own process(es), so the server's CPU figure is its own.
+With `--redis`, it starts its own redis-server and two instances sharing it, and puts the
+two members of every pair on different instances, so every offer crosses Redis; it then
+also prints the CPU of each instance and of redis-server.
+
+Everything runs on 127.0.0.1; the run stops by itself and always stops what it started.
+The clients run in their own process(es), so the servers' CPU figures are their own.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import argparse
 import array
 import asyncio
 import contextlib
+import functools
 import http.client
 import multiprocessing
 import os
 import secrets
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -25,12 +32,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -39,8 +46,12 @@ from rendezvous.auth import mint_token
 
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_SECONDS = 20.0
+REDIS_START_TIMEOUT_SECONDS = 10.0
 CLIENTS_READY_TIMEOUT_SECONDS = 60.0
-SERVER_STOP_TIMEOUT_SECONDS = 10.0
+# After SIGTERM, how long the processes the benchmark started get to exit before SIGKILL.
+STOP_TIMEOUT_SECONDS = 10.0
+POLL_SECONDS = 0.05
+LOG_TAIL_CHARACTERS = 4000
 # After the window, how long in-flight offers get to come home before the clients hang up.
 DRAIN_GRACE_SECONDS = 1.0
 TOKEN_TTL_SECONDS = 3600
@@ -57,6 +68,7 @@ class BenchConfig:
     window: int
     client_processes: int
     port: int
+    redis: bool
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ class PairSpec:
 
 @dataclass(frozen=True)
 class ClientJob:
-    port: int
+    ports: tuple[int, int]  # the servers that the first and the second members join
     pairs: list[PairSpec]
     sdp_bytes: int
     window: int
@@ -191,8 +203,8 @@ async def _drive(job: ClientJob, pipe: Connection) -> ClientReport:
         bouncers: list[tuple[Bouncer, int]] = []
         for pair in job.pairs:
             first, second = [
-                await stack.enter_async_context(_connect(job.port, pair.room, token))
-                for token in pair.tokens
+                await stack.enter_async_context(_connect(port, pair.room, token))
+                for port, token in zip(job.ports, pair.tokens, strict=True)
             ]
             await _expect(first, "room_state")
             await _expect(second, "room_state")
@@ -254,7 +266,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-# The server process.
+# The processes the clients talk to: the server(s), and with --redis their redis-server.
 
 
 def free_port() -> int:
@@ -262,6 +274,87 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True)
+class Child:
+    """A process the benchmark started, listening on `port`, its output in `log_path`."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(
+        cls, name: str, argv: Sequence[str], *, port: int, directory: Path, env: dict[str, str]
+    ) -> Child:
+        log_path = directory / f"{name.replace(' ', '-')}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return cls(name, port, process, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_until(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+        """Poll `check` until it holds (an OSError counts as not yet) while the process runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name}: exited with code {self.process.returncode}")
+            with contextlib.suppress(OSError):  # not listening yet
+                if check():
+                    return
+            time.sleep(POLL_SECONDS)
+        raise RuntimeError(f"{self.name}: not {what} within {timeout}s")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
+
+
+def stop(children: Sequence[Child]) -> None:
+    """SIGTERM to all at once, then SIGKILL to any still running after STOP_TIMEOUT_SECONDS."""
+    for child in children:
+        if child.process.poll() is None:
+            child.process.terminate()  # a server drains (no clients are left) and exits
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for child in children:
+        try:
+            child.process.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+@dataclass
+class Deployment:
+    """What the benchmark started: the servers, where the first and the second member of
+    every pair connect (the same one, or one each), and the Redis they share, if any."""
+
+    servers: list[Child] = field(default_factory=list)
+    redis: Child | None = None
+    redis_version: str = ""
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self.servers[0].port, self.servers[-1].port
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.servers, *([self.redis] if self.redis else [])]
+
+    def stop(self) -> None:
+        stop(self.servers)  # before their Redis, which they would otherwise reconnect to
+        stop([self.redis] if self.redis else [])
 
 
 def server_environment(secret: str) -> dict[str, str]:
@@ -277,44 +370,78 @@ def server_environment(secret: str) -> dict[str, str]:
     return env
 
 
-def start_server(port: int, secret: str, log: TextIO) -> subprocess.Popen[bytes]:
+def start_server(name: str, port: int, env: dict[str, str], directory: Path) -> Child:
     command = Path(sys.executable).with_name("rendezvous")
-    return subprocess.Popen(
-        [str(command), "serve", "--host", HOST, "--port", str(port)],
-        env=server_environment(secret),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [str(command), "serve", "--host", HOST, "--port", str(port)]
+    return Child.start(name, argv, port=port, directory=directory, env=env)
 
 
-def wait_healthy(server: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with code {server.returncode}")
-        connection = http.client.HTTPConnection(HOST, port, timeout=1)
-        try:
-            connection.request("GET", "/healthz")
-            healthy = connection.getresponse().status == 200
-        except OSError:
-            healthy = False  # not listening yet
-        finally:
-            connection.close()
-        if healthy:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"the server was not healthy within {SERVER_START_TIMEOUT_SECONDS}s")
+def http_ok(port: int, path: str) -> bool:
+    connection = http.client.HTTPConnection(HOST, port, timeout=1)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    finally:
+        connection.close()
 
 
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is None:
-        server.terminate()  # SIGTERM: drains (no clients are left) and exits
-        try:
-            server.wait(SERVER_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+def start_redis(directory: Path) -> Child:
+    """redis-server on a free loopback port, without persistence, in `directory`."""
+    program = shutil.which("redis-server")
+    if program is None:
+        raise RuntimeError("--redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    argv = [program, "--port", str(port), "--bind", HOST, "--dir", str(directory)]
+    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
+    return Child.start("redis-server", argv, port=port, directory=directory, env=dict(os.environ))
+
+
+def redis_command(port: int, *args: str) -> str:
+    """One command, for the two the benchmark sends (PING, INFO): a simple or bulk reply."""
+    request = f"*{len(args)}\r\n" + "".join(f"${len(arg)}\r\n{arg}\r\n" for arg in args)
+    with (
+        socket.create_connection((HOST, port), timeout=1) as sock,
+        sock.makefile("rb") as replies,
+    ):
+        sock.sendall(request.encode())
+        line = replies.readline()
+        if line.startswith(b"+"):
+            return line[1:].decode().strip()
+        if line.startswith(b"$"):
+            return replies.read(int(line[1:])).decode()
+    raise RuntimeError(f"redis-server replied {line!r} to {args[0]}")
+
+
+def start_deployment(
+    config: BenchConfig, *, secret: str, directory: Path, deployment: Deployment
+) -> None:
+    """Start the servers (and Redis) into `deployment`, which the caller stops in any case,
+    and wait until they take joins."""
+    env = server_environment(secret)
+    if not config.redis:
+        deployment.servers.append(start_server("server", config.port, env, directory))
+        probe = "/healthz"
+    else:
+        redis = deployment.redis = start_redis(directory)
+        redis.wait_until(
+            "answering PING",
+            lambda: redis_command(redis.port, "PING") == "PONG",
+            REDIS_START_TIMEOUT_SECONDS,
+        )
+        info = redis_command(redis.port, "INFO", "server").splitlines()
+        deployment.redis_version = next(
+            (line.split(":", 1)[1] for line in info if line.startswith("redis_version:")), "?"
+        )
+        env["REDIS_URL"] = f"redis://{HOST}:{redis.port}/0"
+        for number, port in enumerate((config.port, free_port()), start=1):
+            deployment.servers.append(start_server(f"instance {number}", port, env, directory))
+        probe = "/readyz"  # joins are refused until the backend is connected
+    for server in deployment.servers:
+        server.wait_until(
+            "ready" if config.redis else "healthy",
+            functools.partial(http_ok, server.port, probe),
+            SERVER_START_TIMEOUT_SECONDS,
+        )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -374,18 +501,22 @@ def _receive_all(
 def run(config: BenchConfig) -> None:
     secret = secrets.token_urlsafe(48)
     specs = pair_specs(config.pairs, secret)
-    jobs = [
-        ClientJob(config.port, specs[i :: config.client_processes], config.sdp_bytes, config.window)
-        for i in range(config.client_processes)
-    ]
     context = multiprocessing.get_context("spawn")
     processes: list[BaseProcess] = []
-    with tempfile.TemporaryFile("w+") as log:
-        server = start_server(config.port, secret, log)
+    deployment = Deployment()
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as directory:
         try:
-            wait_healthy(server, config.port)
+            start_deployment(
+                config, secret=secret, directory=Path(directory), deployment=deployment
+            )
             pipes = []
-            for job in jobs:
+            for i in range(config.client_processes):
+                job = ClientJob(
+                    deployment.ports,
+                    specs[i :: config.client_processes],
+                    config.sdp_bytes,
+                    config.window,
+                )
                 ours, theirs = context.Pipe()
                 process = context.Process(
                     target=run_clients, args=(job, theirs), name="bench-clients", daemon=True
@@ -399,17 +530,21 @@ def run(config: BenchConfig) -> None:
             for pipe in pipes:
                 pipe.send((begin_ns, end_ns))
             _sleep_until(begin_ns)
-            cpu_begin = cpu_seconds(server.pid)
+            cpu_begin = {child.name: cpu_seconds(child.pid) for child in deployment.children}
             _sleep_until(end_ns)
-            cpu_end = cpu_seconds(server.pid)
+            cpu_end = {child.name: cpu_seconds(child.pid) for child in deployment.children}
             reports: list[ClientReport] = _receive_all(
                 pipes, processes, "done", DRAIN_GRACE_SECONDS + 30
             )
-            print_results(config, server.pid, reports, server_cpu=cpu_end - cpu_begin)
+            cpu = {name: cpu_end[name] - cpu_begin[name] for name in cpu_begin}
+            print_results(config, deployment, reports, cpu)
         except BaseException:
-            log.seek(0)
-            tail = log.read()[-4000:]
-            print(f"--- server log (last 4000 characters) ---\n{tail}", file=sys.stderr)
+            for child in deployment.children:
+                print(
+                    f"--- {child.name} log (last {LOG_TAIL_CHARACTERS} characters) ---\n"
+                    f"{child.log_tail()}",
+                    file=sys.stderr,
+                )
             raise
         finally:
             for client in processes:
@@ -417,7 +552,7 @@ def run(config: BenchConfig) -> None:
                 if client.is_alive():
                     client.kill()
                     client.join()
-            stop_server(server)
+            deployment.stop()
 
 
 def _sleep_until(instant_ns: int) -> None:
@@ -425,8 +560,12 @@ def _sleep_until(instant_ns: int) -> None:
 
 
 def print_results(
-    config: BenchConfig, pid: int, reports: list[ClientReport], *, server_cpu: float
+    config: BenchConfig,
+    deployment: Deployment,
+    reports: list[ClientReport],
+    cpu: Mapping[str, float],
 ) -> None:
+    """`cpu`: the CPU seconds of each of `deployment.children`, by name, over the window."""
     relayed = sum(r.received_in_window for r in reports)
     latencies = array.array("q")
     for report in reports:
@@ -437,11 +576,30 @@ def print_results(
         unexpected.update(report.unexpected)
     frame_bytes = len(OfferTemplate.to("bench-0-b", make_sdp(config.sdp_bytes)).frame(10**15))
     client_cpu = sum(r.cpu_seconds for r in reports) / config.seconds
+    server_cpu = [cpu[server.name] for server in deployment.servers]
+    redis = deployment.redis
 
     print("Rendezvous relay benchmark")
-    print(f"  server      rendezvous serve, pid {pid}, {HOST}:{config.port}, memory backend")
+    if redis is None:
+        (server,) = deployment.servers
+        print(
+            f"  server      rendezvous serve, pid {server.pid}, {HOST}:{server.port}, "
+            "memory backend"
+        )
+        placement = "one room each"
+    else:
+        for server, members in zip(deployment.servers, ("first", "second"), strict=True):
+            print(
+                f"  {server.name:<10}  rendezvous serve, pid {server.pid}, {HOST}:{server.port}, "
+                f"redis backend ({members} members)"
+            )
+        print(
+            f"  redis       redis-server {deployment.redis_version}, pid {redis.pid}, "
+            f"{HOST}:{redis.port}, no persistence"
+        )
+        placement = "one room each, one member per instance"
     print(
-        f"  clients     {config.pairs} pairs (one room each) in {config.client_processes} "
+        f"  clients     {config.pairs} pairs ({placement}) in {config.client_processes} "
         f"process(es), {config.window} offers in flight per pair"
     )
     print(f"  offers      targeted, SDP {config.sdp_bytes} bytes, frame ~{frame_bytes} bytes")
@@ -455,10 +613,20 @@ def print_results(
     p50, p99 = _percentiles(latencies)
     print(f"  relayed     {relayed} offers = {relayed / config.seconds:,.0f} messages/s")
     print(f"  latency     one-way p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms")
-    print(
-        f"  server CPU  {server_cpu:.2f} s ({server_cpu / config.seconds:.0%} of a core) = "
-        f"{server_cpu * 1e6 / relayed:.1f} µs per relayed message"
-    )
+
+    def cpu_line(label: str, seconds: float, note: str = "") -> None:
+        print(
+            f"  {label:<10}  {seconds:.2f} s ({seconds / config.seconds:.0%} of a core) = "
+            f"{seconds * 1e6 / relayed:.1f} µs per relayed message{note}"
+        )
+
+    if redis is None:
+        cpu_line("server CPU", server_cpu[0])
+    else:
+        cpu_line("server CPU", sum(server_cpu), ", both instances")
+        for server, seconds in zip(deployment.servers, server_cpu, strict=True):
+            cpu_line(server.name, seconds)
+        cpu_line("redis CPU", cpu[redis.name])
     print(f"  client CPU  {client_cpu:.0%} of a core (all client processes)")
     print(f"  lost        {lost} (sent but never received)")
     if unexpected:
@@ -480,7 +648,14 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     parser.add_argument(
         "--client-processes", type=int, default=1, help="processes running the clients (1)"
     )
-    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="server port, the first's with --redis (a free one)"
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="two instances sharing a redis-server of their own, one member of each pair on each",
+    )
     args = parser.parse_args(argv)
     for name in ("pairs", "window", "client_processes"):
         if getattr(args, name) < 1:
@@ -495,16 +670,23 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
         window=args.window,
         client_processes=min(args.client_processes, args.pairs),
         port=args.port or free_port(),
+        redis=args.redis,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A SIGTERM unwinds like Ctrl-C, so that whatever the run started is stopped too.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         run(parse_args(argv))
     except RuntimeError as exc:  # the server or a client failed; the details are above
         print(f"bench_relay: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":
