@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     _redact_server_logs()
     backend = backend or create_backend(settings)
     metrics = Metrics()
+    metrics.watch_backend(backend)
     hub = Hub(backend, metrics=metrics, join_buffer_limit=settings.send_queue_max_messages)
     services = Services(
         settings=settings,

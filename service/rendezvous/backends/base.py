@@ -76,6 +76,16 @@ class Backend(abc.ABC):
         """Disconnect; idempotent. Presence stays until it expires."""
 
     @property
+    def reconnects(self) -> int:
+        """Connection attempts to the shared store after the first one, since start."""
+        return 0
+
+    @property
+    def dropped_publishes(self) -> int:
+        """Messages accepted by `publish` that never reached the store (its link broke)."""
+        return 0
+
+    @property
     @abc.abstractmethod
     def ready(self) -> bool:
         """Whether the backend is reachable right now (readiness)."""

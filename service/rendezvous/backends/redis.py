@@ -152,6 +152,14 @@ class RedisBackend(Backend):
             self._sentinel = None
 
     @property
+    def reconnects(self) -> int:
+        return sum(shard.listener.reconnects for shard in self._shards.values())
+
+    @property
+    def dropped_publishes(self) -> int:
+        return sum(shard.writer.dropped for shard in self._shards.values())
+
+    @property
     def ready(self) -> bool:
         shards = self._shards.values()
         return (

@@ -115,7 +115,7 @@ class Listener:
                 self._credentials,
                 client_name=self._client_name,
             )
-            self.reconnects += failures
+            self.reconnects += failures + int(lost)
             try:
                 await self._serve(connection, failures=failures if lost or failures else None)
             except LINK_ERRORS as exc:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
+
+from rendezvous.backends.base import Backend
 
 
 class Metrics:
@@ -46,5 +52,30 @@ class Metrics:
             child = self._children[key] = self._errors.labels(code)
         child.inc()  # type: ignore[attr-defined]
 
+    def watch_backend(self, backend: Backend) -> None:
+        """Report the backend's link: read at scrape time, so the backend stays unaware."""
+        self.registry.register(_BackendCollector(backend))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _BackendCollector(Collector):
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def collect(self) -> Iterator[Metric]:
+        backend = self._backend
+        yield GaugeMetricFamily(
+            "rendezvous_backend_up", "Whether the shared backend is reachable", value=backend.ready
+        )
+        yield CounterMetricFamily(
+            "rendezvous_backend_reconnects",
+            "Reconnection attempts to the shared backend",
+            value=backend.reconnects,
+        )
+        yield CounterMetricFamily(
+            "rendezvous_backend_publish_dropped",
+            "Messages lost on a broken link to the shared backend",
+            value=backend.dropped_publishes,
+        )
