@@ -23,7 +23,7 @@ from rendezvous.services import Services
 from rendezvous.settings import Settings, load_settings
 from rendezvous.telemetry.logging import RedactTokens
 from rendezvous.telemetry.metrics import Metrics
-from rendezvous.turn.credentials import StaticIceServers
+from rendezvous.turn.credentials import ice_server_provider
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         backend=backend,
         hub=hub,
         authenticator=Authenticator(settings),
-        ice=StaticIceServers(settings),
+        ice=ice_server_provider(settings),
         metrics=metrics,
         limits=SessionLimits.from_settings(settings),
         drainer=Drainer(hub, window_seconds=settings.drain_window_seconds),

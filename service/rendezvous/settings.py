@@ -17,7 +17,7 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"})
 # Static TURN credentials never expire by themselves; advertise a day, as DESIGN's example.
 STATIC_CREDENTIALS_TTL_SECONDS = 86400
-SECRET_FIELDS = frozenset({"jwt_secret_key", "redis_password", "turn_credential"})
+SECRET_FIELDS = frozenset({"jwt_secret_key", "redis_password", "turn_credential", "turn_secret"})
 
 
 def _env(*names: str) -> AliasChoices:
@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     turn_urls: str | None = Field(None, validation_alias=_env("WEBRTC_TURN_URLS"))
     turn_username: str | None = Field(None, validation_alias=_env("WEBRTC_TURN_USERNAME"))
     turn_credential: str | None = Field(None, validation_alias=_env("WEBRTC_TURN_CREDENTIAL"))
+    # TURN REST: per-user time-limited credentials minted from coturn's static-auth-secret.
+    turn_secret: str | None = Field(None, validation_alias=_env("WEBRTC_TURN_SECRET"))
+    turn_ttl_seconds: int = Field(
+        86400, ge=1, le=7 * 86400, validation_alias=_env("WEBRTC_TURN_TTL")
+    )
     ice_transport_policy: Literal["all", "relay"] = Field(
         "all", validation_alias=_env("WEBRTC_ICE_TRANSPORT_POLICY")
     )
@@ -134,10 +139,11 @@ class Settings(BaseSettings):
             raise ValueError("JWT_SECRET_KEY must be at least 32 characters")
         if bool(self.turn_username) != bool(self.turn_credential):
             raise ValueError("set both WEBRTC_TURN_USERNAME and WEBRTC_TURN_CREDENTIAL, or neither")
-        if self.turn_url_list and not self.turn_username:
+        if self.turn_url_list and not (self.turn_secret or self.turn_username):
             # A browser refuses a turn: URL without credentials (InvalidAccessError).
             raise ValueError(
-                "WEBRTC_TURN_URLS needs WEBRTC_TURN_USERNAME and WEBRTC_TURN_CREDENTIAL"
+                "WEBRTC_TURN_URLS needs WEBRTC_TURN_SECRET, or WEBRTC_TURN_USERNAME and "
+                "WEBRTC_TURN_CREDENTIAL"
             )
         self.redis_target  # noqa: B018 -- parses, raising ValueError on a bad URL
         return self

@@ -1,8 +1,15 @@
-"""ICE server providers. `/webrtc/config` asks one for the servers a user may use; the
-TURN REST minting and the sidecar file (issue 4) are further providers of this shape."""
+"""ICE servers for `/webrtc/config`, and TURN credentials in the TURN REST format that
+coturn's `use-auth-secret` accepts: username "<unix_expiry>:<user_id>", credential
+base64(HMAC-SHA1(secret, username)). Sources, in DESIGN section 6's order of preference:
+(the sidecar file, arriving with the sidecar), the shared secret, static credentials."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,13 +29,55 @@ class IceServerProvider(Protocol):
     def ice_servers(self, identity: Identity) -> IceServers: ...
 
 
+def mint(secret: str, user_id: str, *, ttl_seconds: int, now: float) -> tuple[str, str]:
+    """TURN REST credentials for `user_id`, valid until `now + ttl_seconds`."""
+    username = f"{int(now) + ttl_seconds}:{user_id}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
+
+
+def expiry_of(username: str) -> int:
+    """The unix time a TURN REST username stops being accepted."""
+    return int(username.split(":", 1)[0])
+
+
+def _stun_servers(settings: Settings) -> list[IceServer]:
+    return [{"urls": list(settings.stun_url_list)}] if settings.stun_url_list else []
+
+
+class MintedIceServers:
+    """Per-user credentials minted from WEBRTC_TURN_SECRET on every call."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self._secret = settings.turn_secret or ""
+        self._ttl = settings.turn_ttl_seconds
+        self._turn_urls = list(settings.turn_url_list)
+        self._stun = _stun_servers(settings)
+        self._clock = clock
+
+    def ice_servers(self, identity: Identity) -> IceServers:
+        servers = list(self._stun)
+        if self._turn_urls:
+            username, credential = mint(
+                self._secret, identity.user_id, ttl_seconds=self._ttl, now=self._clock()
+            )
+            turn = {"urls": self._turn_urls, "username": username, "credential": credential}
+            servers.append(turn)
+        return IceServers(servers=servers, ttl_seconds=self._ttl)
+
+
+def ice_server_provider(settings: Settings) -> IceServerProvider:
+    """The most preferred source the configuration provides."""
+    if settings.turn_secret:
+        return MintedIceServers(settings)
+    return StaticIceServers(settings)
+
+
 class StaticIceServers:
     """SEED.md's configuration: STUN URLs, and TURN URLs with a fixed username/credential."""
 
     def __init__(self, settings: Settings) -> None:
-        servers: list[IceServer] = []
-        if settings.stun_url_list:
-            servers.append({"urls": list(settings.stun_url_list)})
+        servers = _stun_servers(settings)
         if settings.turn_url_list and settings.turn_username and settings.turn_credential:
             servers.append(
                 {
