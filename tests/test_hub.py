@@ -101,6 +101,16 @@ class Instance:
         await peer.expect("room_state")
         return room
 
+    async def held_join(
+        self, peer: RecordingPeer, *, before_snapshot: bool = False, after_snapshot: bool = False
+    ) -> asyncio.Task[LocalRoom]:
+        """Start `peer`'s join and return once the backend holds it at that point."""
+        self.backend.hold_before_snapshot = before_snapshot
+        self.backend.hold_after_snapshot = after_snapshot
+        joining = asyncio.create_task(self.hub.join(peer, "r1", capacity=CAPACITY))
+        await asyncio.wait_for(self.backend.reached.wait(), RECEIVE_TIMEOUT_SECONDS)
+        return joining
+
     async def joined(self, user_id: str, room_id: str = "r1") -> tuple[RecordingPeer, LocalRoom]:
         peer = RecordingPeer(user_id)
         return peer, await self.join(peer, room_id)
@@ -345,10 +355,8 @@ async def test_messages_during_a_join_in_flight_are_replayed_after_room_state(
     alice, alice_room = await one.joined("alice")
     carol, _ = await two.joined("carol")  # so alice's broadcasts need the bus
     await drain(alice, carol)
-    two.backend.hold_before_snapshot = True
     bob = RecordingPeer("bob")
-    joining = asyncio.create_task(two.hub.join(bob, "r1", capacity=CAPACITY))
-    await asyncio.wait_for(two.backend.reached.wait(), RECEIVE_TIMEOUT_SECONDS)
+    joining = await two.held_join(bob, before_snapshot=True)
     # Bob is subscribed but not yet in the room: these happen before his snapshot.
     one.hub.relay(alice, alice_room, MessageType.OFFER, offer())
     dave, _ = await one.joined("dave")
@@ -374,10 +382,8 @@ async def test_member_who_came_and_went_during_a_join_is_not_left_behind(
 ) -> None:
     one, two = instances
     await one.joined("alice")
-    two.backend.hold_before_snapshot = True
     bob = RecordingPeer("bob")
-    joining = asyncio.create_task(two.hub.join(bob, "r1", capacity=CAPACITY))
-    await asyncio.wait_for(two.backend.reached.wait(), RECEIVE_TIMEOUT_SECONDS)
+    joining = await two.held_join(bob, before_snapshot=True)
     eve, eve_room = await one.joined("eve")
     await one.hub.leave(eve, eve_room, reason=LeaveReason.LEFT)
     await asyncio.sleep(0.05)
@@ -394,10 +400,8 @@ async def test_events_after_the_join_snapshot_reach_the_joiner_and_its_roster(
     one, two = instances
     eve, eve_room = await one.joined("eve")
     alice, _ = await one.joined("alice")
-    two.backend.hold_after_snapshot = True
     bob = RecordingPeer("bob")
-    joining = asyncio.create_task(two.hub.join(bob, "r1", capacity=CAPACITY))
-    await asyncio.wait_for(two.backend.reached.wait(), RECEIVE_TIMEOUT_SECONDS)
+    joining = await two.held_join(bob, after_snapshot=True)
     # Bob's snapshot is taken (eve in it, frank not); the result is still on its way.
     await one.hub.leave(eve, eve_room, reason=LeaveReason.LEFT)
     frank, _ = await one.joined("frank")
@@ -428,10 +432,8 @@ async def test_rejoin_during_a_join_leaves_the_user_present(
     """Events of a session older than the snapshot's must not undo the snapshot."""
     one, two = instances
     await one.joined("alice")
-    two.backend.hold_before_snapshot = True
     bob = RecordingPeer("bob")
-    joining = asyncio.create_task(two.hub.join(bob, "r1", capacity=CAPACITY))
-    await asyncio.wait_for(two.backend.reached.wait(), RECEIVE_TIMEOUT_SECONDS)
+    joining = await two.held_join(bob, before_snapshot=True)
     await one.joined("eve")
     await one.joined("eve")  # replaces the first eve: user_left(replaced), user_joined
     await asyncio.sleep(0.05)
