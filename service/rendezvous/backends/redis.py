@@ -34,7 +34,13 @@ from rendezvous.backends.base import (
     Member,
     RoomFullError,
 )
-from rendezvous.backends.redis_listening import Credentials, Listener, Resolve, backoff_seconds
+from rendezvous.backends.redis_listening import (
+    Credentials,
+    Listener,
+    Node,
+    Resolve,
+    backoff_seconds,
+)
 from rendezvous.backends.redis_writing import OrderedWriter
 from rendezvous.redis_url import RedisMode, RedisTarget
 
@@ -275,22 +281,15 @@ class RedisBackend(Backend):
         if shard is not None:
             return shard
         sharded = self._target.mode is RedisMode.CLUSTER
+        node = Node(name, resolve, self._credentials, sharded)
         listener = Listener(
-            name=name,
+            node,
             client_name=self._client_name("listen"),
-            resolve=resolve,
-            credentials=self._credentials,
-            sharded=sharded,
             on_message=self._deliver,
             on_up=lambda: self._shard_up(name),
         )
         writer = OrderedWriter(
-            name=name,
-            client_name=self._client_name("publish"),
-            resolve=resolve,
-            credentials=self._credentials,
-            sharded=sharded,
-            max_queued=PUBLISH_QUEUE_MAX_MESSAGES,
+            node, client_name=self._client_name("publish"), max_queued=PUBLISH_QUEUE_MAX_MESSAGES
         )
         shard = self._shards[name] = _Shard(name, listener, writer)
         for activity, run in (("listen", listener.run), ("publish", writer.run)):

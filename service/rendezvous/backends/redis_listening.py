@@ -73,25 +73,38 @@ async def connect_with_backoff(
             await asyncio.sleep(delay)
 
 
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One Redis node as the listener and the writer reach it: where (resolved anew on
+    every connect, as a Sentinel primary moves), how to log in, and whether its pub/sub
+    is sharded (Cluster)."""
+
+    name: str
+    resolve: Resolve
+    credentials: Credentials
+    sharded: bool
+
+    async def connect(self, role: str, *, client_name: str) -> tuple[RespConnection, int]:
+        return await connect_with_backoff(
+            f"redis {role} {self.name}", self.resolve, self.credentials, client_name=client_name
+        )
+
+
 class Listener:
     """Subscriptions of one node. `subscribe` returns once Redis confirmed it."""
 
     def __init__(
         self,
+        node: Node,
         *,
-        name: str,
         client_name: str,
-        resolve: Resolve,
-        credentials: Credentials,
-        sharded: bool,
         on_message: Callable[[bytes, bytes], None],
         on_up: Callable[[], None],
     ) -> None:
-        self.name = name
+        self.name = node.name
+        self._node = node
         self._client_name = client_name
-        self._resolve = resolve
-        self._credentials = credentials
-        prefix = b"S" if sharded else b""
+        prefix = b"S" if node.sharded else b""
         self._subscribe_command = prefix + b"SUBSCRIBE"
         self._unsubscribe_command = prefix + b"UNSUBSCRIBE"
         self._message_kinds = {b"message", b"smessage"}
@@ -109,11 +122,8 @@ class Listener:
         """Forever: connect, re-subscribe, read; on failure back off and start again."""
         lost = False
         while True:
-            connection, failures = await connect_with_backoff(
-                f"redis listener {self.name}",
-                self._resolve,
-                self._credentials,
-                client_name=self._client_name,
+            connection, failures = await self._node.connect(
+                "listener", client_name=self._client_name
             )
             self.reconnects += failures + int(lost)
             try:

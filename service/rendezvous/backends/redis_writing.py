@@ -9,12 +9,7 @@ import logging
 from collections import deque
 
 from rendezvous.backends.base import BackendUnavailableError
-from rendezvous.backends.redis_listening import (
-    LINK_ERRORS,
-    Credentials,
-    Resolve,
-    connect_with_backoff,
-)
+from rendezvous.backends.redis_listening import LINK_ERRORS, Node
 from rendezvous.backends.resp import RespConnection
 
 log = logging.getLogger(__name__)
@@ -23,21 +18,11 @@ BATCH_MESSAGES = 256
 
 
 class OrderedWriter:
-    def __init__(
-        self,
-        *,
-        name: str,
-        client_name: str,
-        resolve: Resolve,
-        credentials: Credentials,
-        sharded: bool,
-        max_queued: int,
-    ) -> None:
-        self.name = name
+    def __init__(self, node: Node, *, client_name: str, max_queued: int) -> None:
+        self.name = node.name
+        self._node = node
         self._client_name = client_name
-        self._resolve = resolve
-        self._credentials = credentials
-        self._command = b"SPUBLISH" if sharded else b"PUBLISH"
+        self._command = b"SPUBLISH" if node.sharded else b"PUBLISH"
         self._max_queued = max_queued
         self._queue: deque[tuple[bytes, bytes]] = deque()
         self._ready = asyncio.Event()
@@ -54,12 +39,7 @@ class OrderedWriter:
         """Forever: connect, then send what is queued; on failure drop the batch in flight
         (its senders cannot be told any more) and reconnect with capped backoff."""
         while True:
-            connection, _ = await connect_with_backoff(
-                f"redis writer {self.name}",
-                self._resolve,
-                self._credentials,
-                client_name=self._client_name,
-            )
+            connection, _ = await self._node.connect("writer", client_name=self._client_name)
             batch: list[tuple[bytes, bytes]] = []
             try:
                 while True:
