@@ -62,8 +62,30 @@ def test_check_config_prints_the_configuration_with_secrets_masked(tmp_path: Pat
     assert shown["effective"]["backend"] == "memory"
     assert shown["effective"]["stun_urls"] == ["stun:127.0.0.1:3478"]
     assert shown["effective"]["turn_urls"] == ["turn:127.0.0.1:3478"]
+    assert shown["effective"]["turn_credentials"] == [
+        "static WEBRTC_TURN_USERNAME/WEBRTC_TURN_CREDENTIAL"
+    ]
     # A 51-byte secret is long enough for HS256 and HS384, not HS512 (RFC 7518 3.2).
     assert set(shown["effective"]["jwt_algorithms"]) == {"HS256", "HS384"}
+
+
+def test_check_config_lists_the_turn_credential_sources_in_order(tmp_path: Path) -> None:
+    env = cli_env(
+        tmp_path,
+        JWT_SECRET_KEY=SECRET,
+        WEBRTC_TURN_URLS="turn:127.0.0.1:3478",
+        WEBRTC_TURN_CREDENTIALS_FILE="/run/turn/credentials.json",
+        WEBRTC_TURN_SECRET="turn-shared-secret-value",
+    )
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "turn-shared-secret-value" not in result.stdout + result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["WEBRTC_TURN_SECRET"] == "***"
+    assert shown["effective"]["turn_credentials"] == [
+        "sidecar file /run/turn/credentials.json",
+        "minted from WEBRTC_TURN_SECRET",
+    ]
 
 
 def test_check_config_shows_the_google_stun_fallback(tmp_path: Path) -> None:

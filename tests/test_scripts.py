@@ -18,8 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic_settings import BaseSettings
 
 from rendezvous.settings import Settings
+from rendezvous.turn.sidecar_settings import SidecarSettings
 from tests.support.client import joined
 from tests.support.server import free_port
 
@@ -232,17 +234,17 @@ def test_readme_shows_the_two_commands_at_the_top() -> None:
     assert "./scripts/test" in top
 
 
-def _setting_names() -> set[str]:
+def _setting_names(model: type[BaseSettings]) -> set[str]:
     names = set()
-    for name, field in Settings.model_fields.items():
+    for name, field in model.model_fields.items():
         choices = getattr(field.validation_alias, "choices", None)
         names.add(str(choices[0]) if choices else name.upper())
     return names
 
 
-def _configuration_table() -> set[str]:
-    """The variables named in the first column of the README's configuration table."""
-    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+def _configuration_table(heading: str) -> set[str]:
+    """The variables named in the first column of the tables in a README section."""
+    section = README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     return {
         match.group(1)
         for line in section.splitlines()
@@ -250,9 +252,19 @@ def _configuration_table() -> set[str]:
     }
 
 
-def test_readme_configuration_table_lists_every_setting() -> None:
-    assert _setting_names() - _configuration_table() == set()
+# The service's settings are tabled under Configuration, the sidecar's under TURN.
+DOCUMENTED_SETTINGS = [(Settings, "Configuration"), (SidecarSettings, "TURN")]
 
 
-def test_readme_configuration_table_lists_only_real_settings() -> None:
-    assert _configuration_table() - _setting_names() == set()
+@pytest.mark.parametrize(("model", "heading"), DOCUMENTED_SETTINGS)
+def test_readme_configuration_table_lists_every_setting(
+    model: type[BaseSettings], heading: str
+) -> None:
+    assert _setting_names(model) - _configuration_table(heading) == set()
+
+
+@pytest.mark.parametrize(("model", "heading"), DOCUMENTED_SETTINGS)
+def test_readme_configuration_table_lists_only_real_settings(
+    model: type[BaseSettings], heading: str
+) -> None:
+    assert _configuration_table(heading) - _setting_names(model) == set()

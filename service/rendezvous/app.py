@@ -23,7 +23,7 @@ from rendezvous.services import Services
 from rendezvous.settings import Settings, load_settings
 from rendezvous.telemetry.logging import RedactTokens
 from rendezvous.telemetry.metrics import Metrics
-from rendezvous.turn.credentials import ice_server_provider
+from rendezvous.turn.ice_servers import ice_server_provider
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await services.backend.start(services.hub.on_bus_message, keeper.backend_recovered)
     upkeep = asyncio.create_task(keeper.run(), name="rendezvous.presence")
     upkeep.add_done_callback(_report_exit)
+    ice_watch = asyncio.create_task(services.ice.watch(), name="rendezvous.turn.file")
+    ice_watch.add_done_callback(_report_exit)
     log.info("rendezvous started", extra={"instance_id": services.backend.instance_id})
     try:
         yield
     finally:
-        upkeep.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upkeep
+        for task in (upkeep, ice_watch):
+            task.cancel()
+        await asyncio.gather(upkeep, ice_watch, return_exceptions=True)
         try:
             await asyncio.wait_for(services.backend.stop(), BACKEND_STOP_SECONDS)
         except TimeoutError:

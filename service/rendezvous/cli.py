@@ -1,4 +1,4 @@
-"""`rendezvous serve | token | check-config`."""
+"""`rendezvous serve | token | turn-sidecar | check-config`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging.config
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--algorithm", default="HS256")
     token.add_argument("--private-key", type=Path, help="PEM file for RS*/ES*/PS* algorithms")
     token.set_defaults(command=_token)
+
+    sidecar = commands.add_parser(
+        "turn-sidecar", help="keep the pod's TURN credential fresh from coturn's shared secret"
+    )
+    sidecar.add_argument("--host", default="127.0.0.1", help="where the probes listen")
+    sidecar.add_argument("--port", type=int, default=8081)
+    sidecar.set_defaults(command=_turn_sidecar)
 
     check = commands.add_parser("check-config", help="print the effective configuration")
     check.set_defaults(command=_check_config)
@@ -144,6 +152,29 @@ def dev_secret(*, create: bool) -> str:
         ) from None
 
 
+# turn-sidecar
+
+
+def _turn_sidecar(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rendezvous.telemetry.logging import logging_config
+    from rendezvous.turn.sidecar import check_output_directory, create_sidecar_app, secret_source
+    from rendezvous.turn.sidecar_settings import load_sidecar_settings
+
+    settings = load_sidecar_settings()
+    check_output_directory(settings)
+    source = secret_source(settings)
+    log_config = logging_config(debug=settings.debug, instance_id=socket.gethostname())
+    logging.config.dictConfig(log_config)
+    app = create_sidecar_app(settings, source=source)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_config=log_config, access_log=False
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
 # token
 
 
@@ -182,7 +213,7 @@ def parse_duration(text: str) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings()
     create_backend(settings)  # refuses what this build cannot run
-    print(json.dumps(effective_config(settings), indent=2))
+    print(json.dumps(effective_config(settings), indent=2, default=str))
     return 0
 
 
@@ -206,9 +237,22 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         "jwt_algorithms": list(settings.algorithms),
         "stun_urls": list(settings.stun_url_list),
         "turn_urls": list(settings.turn_url_list),
+        "turn_credentials": _turn_credential_sources(settings),
         "allowed_origins": sorted(settings.allowed_origin_set) or "any",
     }
     return shown
+
+
+def _turn_credential_sources(settings: Settings) -> list[str]:
+    """DESIGN section 6's sources that are configured, most preferred first."""
+    sources = []
+    if settings.turn_credentials_file is not None:
+        sources.append(f"sidecar file {settings.turn_credentials_file}")
+    if settings.turn_secret:
+        sources.append("minted from WEBRTC_TURN_SECRET")
+    elif settings.turn_username:
+        sources.append("static WEBRTC_TURN_USERNAME/WEBRTC_TURN_CREDENTIAL")
+    return sources
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from rendezvous.hub import Hub
 from rendezvous.limits import SessionLimits
 from rendezvous.settings import Settings
 from rendezvous.telemetry.metrics import Metrics
-from rendezvous.turn.credentials import IceServerProvider
+from rendezvous.turn.ice_servers import IceServerProvider
 
 
 @dataclass(slots=True)

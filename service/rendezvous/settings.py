@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Self
 
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -62,6 +63,10 @@ class Settings(BaseSettings):
     turn_secret: str | None = Field(None, validation_alias=_env("WEBRTC_TURN_SECRET"))
     turn_ttl_seconds: int = Field(
         86400, ge=1, le=7 * 86400, validation_alias=_env("WEBRTC_TURN_TTL")
+    )
+    # The TURN sidecar's credentials file (DESIGN section 6): preferred while it is good.
+    turn_credentials_file: Path | None = Field(
+        None, validation_alias=_env("WEBRTC_TURN_CREDENTIALS_FILE")
     )
     ice_transport_policy: Literal["all", "relay"] = Field(
         "all", validation_alias=_env("WEBRTC_ICE_TRANSPORT_POLICY")
@@ -139,11 +144,12 @@ class Settings(BaseSettings):
             raise ValueError("JWT_SECRET_KEY must be at least 32 characters")
         if bool(self.turn_username) != bool(self.turn_credential):
             raise ValueError("set both WEBRTC_TURN_USERNAME and WEBRTC_TURN_CREDENTIAL, or neither")
-        if self.turn_url_list and not (self.turn_secret or self.turn_username):
+        credentials = self.turn_secret or self.turn_username or self.turn_credentials_file
+        if self.turn_url_list and not credentials:
             # A browser refuses a turn: URL without credentials (InvalidAccessError).
             raise ValueError(
-                "WEBRTC_TURN_URLS needs WEBRTC_TURN_SECRET, or WEBRTC_TURN_USERNAME and "
-                "WEBRTC_TURN_CREDENTIAL"
+                "WEBRTC_TURN_URLS needs WEBRTC_TURN_CREDENTIALS_FILE, WEBRTC_TURN_SECRET, or "
+                "WEBRTC_TURN_USERNAME and WEBRTC_TURN_CREDENTIAL"
             )
         self.redis_target  # noqa: B018 -- parses, raising ValueError on a bad URL
         return self
@@ -154,7 +160,7 @@ class Settings(BaseSettings):
     def algorithms(self) -> tuple[str, ...]:
         """The accepted JWT algorithms: JWT_ALGORITHMS, else those the configured keys allow."""
         if self.jwt_algorithms is not None:
-            return _split(self.jwt_algorithms)
+            return split_list(self.jwt_algorithms)
         names: list[str] = []
         if self.jwt_secret_key:
             names += [a for a in sorted(HMAC_ALGORITHMS) if self._secret_fits(a)]
@@ -190,15 +196,15 @@ class Settings(BaseSettings):
 
     @property
     def stun_url_list(self) -> tuple[str, ...]:
-        return GOOGLE_STUN_URLS if self.stun_urls is None else _split(self.stun_urls)
+        return GOOGLE_STUN_URLS if self.stun_urls is None else split_list(self.stun_urls)
 
     @property
     def turn_url_list(self) -> tuple[str, ...]:
-        return () if self.turn_urls is None else _split(self.turn_urls)
+        return () if self.turn_urls is None else split_list(self.turn_urls)
 
     @property
     def allowed_origin_set(self) -> frozenset[str]:
-        return frozenset(o.rstrip("/") for o in _split(self.allowed_origins))
+        return frozenset(o.rstrip("/") for o in split_list(self.allowed_origins))
 
     @property
     def ws_frame_limit_bytes(self) -> int:
@@ -218,7 +224,8 @@ def _is_public_key(pem: str) -> bool:
     return False
 
 
-def _split(value: str) -> tuple[str, ...]:
+def split_list(value: str) -> tuple[str, ...]:
+    """A comma-separated variable's items, blanks dropped."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
@@ -227,16 +234,18 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(describe_validation_error(exc, Settings)) from exc
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, model: type[BaseSettings]) -> str:
+    """The first error as one line, naming the environment variable."""
     first = exc.errors()[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
+    message = "must be set" if first["type"] == "missing" else str(first["msg"])
+    message = message.removeprefix("Value error, ")
     if not first["loc"]:
         return message
     name = str(first["loc"][0])
-    field = Settings.model_fields.get(name)
+    field = model.model_fields.get(name)
     alias = field.validation_alias if field else None
     env = alias.choices[0] if isinstance(alias, AliasChoices) else name
     return f"{str(env).upper()}: {message}"

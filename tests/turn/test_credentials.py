@@ -10,7 +10,8 @@ import pytest
 
 from rendezvous.auth import Identity
 from rendezvous.settings import ConfigError
-from rendezvous.turn.credentials import MintedIceServers, expiry_of, mint
+from rendezvous.turn.credentials import expiry_of, mint
+from rendezvous.turn.ice_servers import MintedIceServers
 from tests.support.server import running_server, test_settings
 from tests.support.tokens import token
 
@@ -90,5 +91,7 @@ async def test_config_mints_per_user_credentials_and_never_shows_the_secret() ->
 
 def test_turn_urls_need_a_secret_or_static_credentials() -> None:
     test_settings(turn_urls="turn:127.0.0.1:3478", turn_secret=SECRET)
-    with pytest.raises(ConfigError, match="WEBRTC_TURN_URLS needs WEBRTC_TURN_SECRET"):
+    with pytest.raises(
+        ConfigError, match="WEBRTC_TURN_URLS needs WEBRTC_TURN_CREDENTIALS_FILE, WEBRTC_TURN_SECRET"
+    ):
         test_settings(turn_urls="turn:127.0.0.1:3478")

@@ -21,11 +21,15 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     backend_up = services.backend.ready
     draining = services.drainer.draining
     ready = backend_up and not draining
-    body = {
+    body: dict[str, object] = {
         "status": "ready" if ready else "not ready",
         "backend": "ok" if backend_up else "down",
         "draining": draining,
+        # TURN never decides readiness: a call without TURN still works for most peers.
+        "turn": services.ice.turn_status,
     }
+    if services.ice.turn_problem:
+        body["turn_problem"] = services.ice.turn_problem
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from rendezvous.api.deps import IdentityDep, ServicesDep
-from rendezvous.turn.credentials import rtc_configuration
+from rendezvous.turn.ice_servers import rtc_configuration
 
 router = APIRouter()
 
