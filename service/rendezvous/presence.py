@@ -44,8 +44,10 @@ class PresenceKeeper:
         failures = 0
         while True:
             delay = self.interval_seconds * min(2**failures, MAX_BACKOFF_FACTOR)
+            # Not wait_for: on 3.11 it can lose a cancel that arrives as the event is set.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(delay, self._ttl))
+                async with asyncio.timeout(min(delay, self._ttl)):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.tick()

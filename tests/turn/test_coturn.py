@@ -1,9 +1,11 @@
 """TURN credentials from `/webrtc/config` against a real coturn (`use-auth-secret` with
 the service's WEBRTC_TURN_SECRET): they allocate with `turnutils_uclient`; expired,
-forged, another user's and another secret's credentials are refused; and two aiortc
+forged, another user's and another secret's credentials are refused; two aiortc
 peers limited to relay candidates connect through coturn with only what the service
-handed them, negotiating over its WebSocket. coturn's own log is the evidence of what
-it allocated or refused, and for whom."""
+handed them, negotiating over its WebSocket; and when the Secret the TURN sidecar reads
+rotates (kubelet's atomic swap, coturn restarted with the new secret), the service hands
+out the sidecar's new credentials, which allocate, while the old ones are refused.
+coturn's own log is the evidence of what it allocated or refused, and for whom."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aioice.ice
@@ -22,9 +25,12 @@ from rendezvous.turn.credentials import mint
 from tests.e2e.test_aiortc import LOOPBACK, Peer, chat, fetch_rtc_configuration
 from tests.support.client import joined
 from tests.support.coturn import ALLOCATED, REFUSED, Coturn
+from tests.support.kubelet import SecretVolume
+from tests.support.process import cli_env
 from tests.support.server import running_server
 from tests.support.server import test_settings as settings_for_test
 from tests.support.tokens import token
+from tests.support.turn_sidecar import running_sidecar
 
 TTL_SECONDS = 3600
 HTTP_TIMEOUT_SECONDS = 10.0
@@ -223,3 +229,77 @@ async def test_aiortc_peers_connect_through_coturn_with_only_the_relay_it_handed
         assert coturn.allocations(username) > 0, coturn.log_tail()
         # ICE checks and DTLS/SCTP went through the relay on a bound channel.
         assert coturn.successes(username, "CHANNEL_BIND") > 0, coturn.log_tail()
+
+
+# The whole sidecar path: a Secret volume written the way kubelet writes it, the real
+# `rendezvous turn-sidecar` process, the service reading only its file, and coturn.
+
+SIDECAR_POLL_MARGIN_SECONDS = 4.0  # the sidecar rereads the volume once a second; 4x
+
+
+async def test_a_rotated_secret_reaches_clients_and_coturn_refuses_the_old_credentials(
+    coturn: Coturn, tmp_path: Path
+) -> None:
+    volume = SecretVolume(tmp_path / "turn-secret")
+    volume.write({"static-auth-secret": coturn.secret.encode()})
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    sidecar_env = cli_env(
+        tmp_path,
+        WEBRTC_TURN_SECRET_DIR=str(volume.directory),
+        WEBRTC_TURN_URLS=coturn.url,
+        WEBRTC_TURN_TTL=str(TTL_SECONDS),
+    )
+    settings = settings_for_test(turn_credentials_file=shared / "turn.json")
+    async with (
+        running_sidecar(
+            env=sidecar_env, credentials_file=shared / "turn.json", log_dir=tmp_path
+        ) as sidecar,
+        running_server(settings) as server,
+        httpx.AsyncClient(
+            base_url=server.http, timeout=HTTP_TIMEOUT_SECONDS, trust_env=False
+        ) as http,
+    ):
+        before = await _pod_turn(http)
+        assert before["urls"] == [coturn.url]  # the file's URLs: the service has none of its own
+        assert before["username"].partition(":")[2] == "rendezvous"
+        assert await coturn.allocate(before["username"], before["credential"]) == ALLOCATED
+
+        new_secret = "rotated-" + coturn.secret
+        volume.write({"static-auth-secret": new_secret.encode()})
+        await coturn.restart(secret=new_secret)
+        after = await _next_pod_turn(http, unlike=before)
+        assert mint(
+            new_secret,
+            "rendezvous",
+            ttl_seconds=TTL_SECONDS,
+            now=expiry(after["username"]) - TTL_SECONDS,
+        ) == (
+            after["username"],
+            after["credential"],
+        )
+        assert new_secret not in sidecar.log() and coturn.secret not in sidecar.log()
+
+    assert await coturn.allocate(after["username"], after["credential"]) == ALLOCATED
+    assert coturn.allocations(after["username"]) > 0, coturn.log_tail()
+    refused_before = coturn.refusals(before["username"])
+    assert await coturn.allocate(before["username"], before["credential"]) == REFUSED
+    assert coturn.refusals(before["username"]) > refused_before, coturn.log_tail()
+
+
+async def _pod_turn(http: httpx.AsyncClient) -> dict[str, Any]:
+    response = await http.get(
+        "/webrtc/config", headers={"Authorization": f"Bearer {token('carol')}"}
+    )
+    assert response.status_code == 200, response.text
+    (turn,) = response.json()["iceServers"]
+    entry: dict[str, Any] = turn
+    return entry
+
+
+async def _next_pod_turn(http: httpx.AsyncClient, *, unlike: dict[str, Any]) -> dict[str, Any]:
+    """The first TURN entry /webrtc/config hands out that differs from `unlike`."""
+    async with asyncio.timeout(SIDECAR_POLL_MARGIN_SECONDS):
+        while (turn := await _pod_turn(http))["credential"] == unlike["credential"]:
+            await asyncio.sleep(0.05)
+    return turn

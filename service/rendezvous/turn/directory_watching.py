@@ -15,6 +15,7 @@ from rendezvous.turn.secrets import Report, SecretReading, secret_from_bytes
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+READ_ATTEMPTS = 3
 
 
 class DirectorySecretSource:
@@ -36,7 +37,7 @@ class DirectorySecretSource:
     def read(self) -> SecretReading:
         path = self.directory / self.key
         try:
-            raw = path.read_bytes()
+            raw = _read_through_swaps(path)
         except FileNotFoundError:
             return SecretReading(None, self._missing_key())
         except OSError as exc:
@@ -49,3 +50,16 @@ class DirectorySecretSource:
         except OSError as exc:
             return f"{self.directory} cannot be listed: {exc.strerror}"
         return f"no key {self.key!r} in {self.directory} (it has: {', '.join(keys) or 'nothing'})"
+
+
+def _read_through_swaps(path: Path) -> bytes:
+    """`path`'s bytes. A read can resolve `..data` to the version kubelet is deleting in
+    that instant and find nothing; while `<key>` itself is still there, reading again
+    resolves to the new version."""
+    for _ in range(READ_ATTEMPTS - 1):
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if not path.is_symlink():
+                raise
+    return path.read_bytes()

@@ -85,6 +85,7 @@ class Rotator:
         self._reading: SecretReading | None = None
         self._wake = asyncio.Event()
         self._written: TurnCredentials | None = None
+        self._written_at = 0.0  # exact, where the file's rotated_at is whole seconds
         self._minted_from: str | None = None
         self._write_failures = 0
 
@@ -125,8 +126,11 @@ class Rotator:
         while True:
             self._wake.clear()
             delay = self._step()
+            # Not wait_for: on 3.11 it loses a cancel that arrives as a reading sets the
+            # event, and shutdown would then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _step(self) -> float | None:
         """Write if due; the seconds until the next step is due (None: the next reading)."""
@@ -159,8 +163,7 @@ class Rotator:
 
     @property
     def _rotate_at(self) -> float:
-        assert self._written is not None
-        return self._written.rotated_at + self._rotate_after
+        return self._written_at + self._rotate_after
 
     def _write(self, secret: str, now: float, reason: str) -> None:
         username, credential = mint(secret, self._user, ttl_seconds=self._ttl, now=now)
@@ -172,7 +175,7 @@ class Rotator:
             rotated_at=int(now),
         )
         write_credentials(self._path, credentials)
-        self._written, self._minted_from = credentials, secret
+        self._written, self._written_at, self._minted_from = credentials, now, secret
         self._metrics.rotations.labels(reason).inc()
         self._metrics.expiry.set(credentials.expires_at)
         log.info(
