@@ -247,14 +247,13 @@ async def test_a_rotated_secret_reaches_clients_and_coturn_refuses_the_old_crede
     sidecar_env = cli_env(
         tmp_path,
         WEBRTC_TURN_SECRET_DIR=str(volume.directory),
+        WEBRTC_TURN_CREDENTIALS_FILE=str(shared / "turn.json"),
         WEBRTC_TURN_URLS=coturn.url,
         WEBRTC_TURN_TTL=str(TTL_SECONDS),
     )
     settings = settings_for_test(turn_credentials_file=shared / "turn.json")
     async with (
-        running_sidecar(
-            env=sidecar_env, credentials_file=shared / "turn.json", log_dir=tmp_path
-        ) as sidecar,
+        running_sidecar(env=sidecar_env, log_dir=tmp_path) as sidecar,
         running_server(settings) as server,
         httpx.AsyncClient(
             base_url=server.http, timeout=HTTP_TIMEOUT_SECONDS, trust_env=False

@@ -14,27 +14,24 @@ import contextlib
 import hashlib
 import hmac
 import inspect
-import json
 import signal
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.kubelet import SecretVolume
 from tests.support.process import (
-    RENDEZVOUS,
-    Daemon,
     cli_env,
     one_line_failure,
     run_cli,
     unused_port,
 )
+from tests.support.turn_sidecar import Sidecar
+from tests.support.turn_sidecar import running_sidecar as sidecar_process
 
 SECRET = "sidecar-shared-secret-0123456789"
 NEW_SECRET = "sidecar-rotated-secret-9876543210"
@@ -48,31 +45,6 @@ WAIT_POLL_SECONDS = 0.05
 EXIT_CONFIG = 2
 
 
-@dataclass
-class Sidecar:
-    daemon: Daemon
-    http: httpx.AsyncClient
-    credentials_file: Path
-
-    async def readyz(self) -> tuple[int, dict[str, Any]]:
-        response = await self.http.get("/readyz")
-        body: dict[str, Any] = response.json()
-        return response.status_code, body
-
-    async def metric(self, name: str, labels: str = "") -> float:
-        """One sample from /metrics, e.g. metric("x_total", 'reason="first"'); 0 if absent."""
-        wanted = f"{name}{{{labels}}}" if labels else name
-        for line in (await self.http.get("/metrics")).text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == wanted:
-                return float(value)
-        return 0.0
-
-    def credentials(self) -> dict[str, Any]:
-        written: dict[str, Any] = json.loads(self.credentials_file.read_bytes())
-        return written
-
-
 @contextlib.asynccontextmanager
 async def running_sidecar(
     tmp_path: Path, volume: SecretVolume, **variables: str
@@ -82,7 +54,6 @@ async def running_sidecar(
     sent SIGTERM (then killed, if need be) afterwards."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    port = unused_port()
     env = cli_env(
         tmp_path,
         WEBRTC_TURN_CREDENTIALS_FILE=str(shared / "turn.json"),
@@ -90,33 +61,8 @@ async def running_sidecar(
         WEBRTC_TURN_SECRET_DIR=str(volume.directory),
         **variables,
     )
-    daemon = Daemon(
-        [str(RENDEZVOUS), "turn-sidecar", "--host", "127.0.0.1", "--port", str(port)],
-        log_path=tmp_path / "sidecar.log",
-        env=env,
-        banner=False,
-    )
-    daemon.start()
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT_SECONDS, trust_env=False
-        ) as http:
-            sidecar = Sidecar(daemon, http, shared / "turn.json")
-            await wait_healthy(sidecar)
-            yield sidecar
-    finally:
-        await asyncio.to_thread(daemon.stop, timeout=STOP_DEADLINE_SECONDS)
-
-
-async def wait_healthy(sidecar: Sidecar) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    while True:
-        assert sidecar.daemon.running, f"the sidecar exited:\n{sidecar.daemon.log_tail()}"
-        with contextlib.suppress(httpx.TransportError):
-            if (await sidecar.http.get("/healthz")).status_code == 200:
-                return
-        assert time.monotonic() < deadline, f"never healthy:\n{sidecar.daemon.log_tail()}"
-        await asyncio.sleep(WAIT_POLL_SECONDS)
+    async with sidecar_process(env=env, log_dir=tmp_path, until="healthy") as sidecar:
+        yield sidecar
 
 
 async def within(seconds: float, what: str, check: Callable[[], bool | Awaitable[bool]]) -> None:
@@ -184,7 +130,7 @@ async def test_ready_only_once_the_secret_arrives_and_credentials_verify(tmp_pat
 
         volume.write(with_secret(SECRET))
         await within(2 * POLL_SECONDS, "credentials file", sidecar.credentials_file.exists)
-        written = sidecar.credentials()
+        written = sidecar.written()
         assert_verifies(written, secret=SECRET, user="rendezvous", ttl=86400)
         assert abs(written["rotated_at"] - time.time()) <= 5
         assert stat.S_IMODE(sidecar.credentials_file.stat().st_mode) == 0o640
@@ -216,14 +162,14 @@ async def test_rotates_on_schedule_at_the_ttl_fraction(tmp_path: Path) -> None:
         WEBRTC_TURN_SIDECAR_USER="pod-7",
     ) as sidecar:
         await within(2 * POLL_SECONDS, "first credentials", sidecar.credentials_file.exists)
-        first = sidecar.credentials()
+        first = sidecar.written()
         assert_verifies(first, secret=SECRET, user="pod-7", ttl=4)
 
         def rotated() -> bool:
-            return bool(sidecar.credentials()["username"] != first["username"])
+            return bool(sidecar.written()["username"] != first["username"])
 
         await within(2 * 2.0, "scheduled rotation", rotated)
-        second = sidecar.credentials()
+        second = sidecar.written()
         assert_verifies(second, secret=SECRET, user="pod-7", ttl=4)
         assert second["rotated_at"] - first["rotated_at"] >= 2  # not before ttl * fraction
         assert await sidecar.metric("rendezvous_turn_rotations_total", 'reason="schedule"') >= 1
@@ -234,16 +180,16 @@ async def test_kubelet_swap_to_a_new_secret_rotates_within_a_poll(tmp_path: Path
     volume = secret_volume(tmp_path, **with_secret(SECRET))
     async with running_sidecar(tmp_path, volume) as sidecar:
         await within(2 * POLL_SECONDS, "first credentials", sidecar.credentials_file.exists)
-        first = sidecar.credentials()
+        first = sidecar.written()
         assert_verifies(first, secret=SECRET, user="rendezvous", ttl=86400)
 
         volume.write(with_secret(NEW_SECRET))
         await within(
             2 * POLL_SECONDS,
             "credentials from the new secret",
-            lambda: sidecar.credentials()["credential"] != first["credential"],
+            lambda: sidecar.written()["credential"] != first["credential"],
         )
-        assert_verifies(sidecar.credentials(), secret=NEW_SECRET, user="rendezvous", ttl=86400)
+        assert_verifies(sidecar.written(), secret=NEW_SECRET, user="rendezvous", ttl=86400)
         changed = await sidecar.metric("rendezvous_turn_rotations_total", 'reason="secret_changed"')
         assert changed == 1
     assert_never_shown(sidecar, SECRET, NEW_SECRET)

@@ -1,13 +1,13 @@
-"""The shared secret read through the Kubernetes API with the official `kubernetes` client:
+"""The shared secret through the Kubernetes API, with the official `kubernetes` client:
 list one named Secret, then watch it from the list's resourceVersion. A watch the server
-ends normally is resumed from the last version seen (events and bookmarks move it); 410
-Gone means that version is too old, so the Secret is listed again at once; any other
-failure is reported, then retried after a capped backoff. The client blocks, so it runs
-in one daemon thread (the default executor would hold interpreter shutdown on a watch
-read that never returns); readings reach the event loop by `call_soon_threadsafe`.
+ends is resumed from the last version seen (events and bookmarks move it); 410 Gone means
+that version is too old, so the Secret is listed again at once; other failures are
+reported and retried after a capped backoff, which starts over once a watch works. The
+client blocks, so it runs in one daemon thread (the default executor would hold
+interpreter shutdown on a watch read that never returns), handing readings to the event
+loop by `call_soon_threadsafe`.
 
-RBAC: the pod's service account needs, in the Secret's namespace, a Role bound to it by a
-RoleBinding:
+RBAC, for the chart: a Role in the Secret's namespace, bound to the pod's ServiceAccount:
 
     rules:
       - apiGroups: [""]
@@ -15,14 +15,13 @@ RoleBinding:
         resourceNames: ["<WEBRTC_TURN_SECRET_NAME>"]
         verbs: ["get", "list", "watch"]
 
-`resourceNames` alone does not scope a list or a watch: the API server takes a list's or
-watch's name only from an exact `metadata.name` field selector (apiserver RequestInfo);
-without one the request has no name, a rule with `resourceNames` does not match, and the
-answer is 403. The RBAC documentation says so ("If you restrict list or watch by
-resourceName, clients must include a metadata.name field selector ... in order to be
-authorized"). Hence every list and watch here sends `fieldSelector=metadata.name=<name>`.
-This source lists and watches; `get` completes the set for `kubectl auth can-i` and
-single reads."""
+A list or watch has a name for RBAC only through an exact `metadata.name` field selector
+(the API server's RequestInfo takes it from there); without one, a rule restricted by
+`resourceNames` does not match and the answer is 403. The RBAC documentation says so: "If
+you restrict list or watch by resourceName, clients must include a metadata.name field
+selector ... in order to be authorized". So every list and watch here carries
+`fieldSelector=metadata.name=<name>`. The source itself lists and watches; `get` rounds
+out the read-only set (`kubectl auth can-i`, a one-off read)."""
 
 # mypy: allow-untyped-calls
 # (the client's watch and config modules carry no annotations)
@@ -159,7 +158,7 @@ class _Follower:
             except _Gone:
                 self._failures += 1
                 if self._failures == 1:  # repeated 410s back off like any failure
-                    log.info("%s: resourceVersion expired (410 Gone); listing again", secret)
+                    log.info("%s: version expired (410 Gone); retry 1 now: listing again", secret)
                     continue
                 problem = f"watching {secret} keeps answering 410 Gone"
             except _CLIENT_ERRORS as exc:
@@ -217,7 +216,7 @@ class _Follower:
                     deleted = kind == "DELETED"
                     self._emit(source.reading(None if deleted else obj, deleted=deleted))
                 if self.stopping.is_set():
-                    break
+                    return version
         except ApiException as exc:
             if exc.status == 410:
                 raise _Gone from exc
