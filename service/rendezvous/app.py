@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from rendezvous.api import health, ice, rooms, websocket
+from rendezvous.api import admin, health, ice, rooms, websocket
 from rendezvous.api.deps import ApiError
 from rendezvous.auth import Authenticator
 from rendezvous.backends import create_backend
 from rendezvous.backends.base import Backend
 from rendezvous.draining import Drainer
 from rendezvous.hub import Hub
-from rendezvous.limits import SessionLimits
+from rendezvous.policy.reconciling import PolicyReconciler, initial_policy
 from rendezvous.presence import PresenceKeeper
 from rendezvous.services import Services
 from rendezvous.settings import Settings, load_settings
@@ -45,12 +45,12 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         authenticator=Authenticator(settings),
         ice=ice_server_provider(settings),
         metrics=metrics,
-        limits=SessionLimits.from_settings(settings),
+        policy=initial_policy(settings),
         drainer=Drainer(hub, window_seconds=settings.drain_window_seconds),
     )
     app = FastAPI(title="Rendezvous", version="0.1.0", lifespan=_lifespan)
     app.state.services = services
-    for module in (websocket, ice, rooms, health):
+    for module in (websocket, ice, rooms, health, admin):
         app.include_router(module.router)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     return app
@@ -67,13 +67,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     upkeep.add_done_callback(_report_exit)
     ice_watch = asyncio.create_task(services.ice.watch(), name="rendezvous.turn.file")
     ice_watch.add_done_callback(_report_exit)
+    background = [upkeep, ice_watch]
+    if services.settings.policy_file is not None:
+        reconciler = PolicyReconciler(services.settings, services.policy, metrics=services.metrics)
+        background.append(asyncio.create_task(reconciler.run(), name="rendezvous.policy"))
+        background[-1].add_done_callback(_report_exit)
     log.info("rendezvous started", extra={"instance_id": services.backend.instance_id})
     try:
         yield
     finally:
-        for task in (upkeep, ice_watch):
+        for task in background:
             task.cancel()
-        await asyncio.gather(upkeep, ice_watch, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         try:
             await asyncio.wait_for(services.backend.stop(), BACKEND_STOP_SECONDS)
         except TimeoutError:

@@ -1,10 +1,9 @@
-"""Per-connection limits, resolved once from the settings and shared by every session."""
+"""Per-connection limits (from the policy in force) and the token bucket that enforces
+the rate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from rendezvous.settings import Settings
 
 # More dropped frames than this within the window is abuse, not a burst: close 1008.
 ABUSE_DROPPED_FRAMES = 1000
@@ -18,16 +17,6 @@ class SessionLimits:
     burst: int
     queue_max_messages: int
     queue_max_bytes: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SessionLimits:
-        return cls(
-            max_message_bytes=settings.max_message_bytes,
-            rate_per_second=settings.rate_limit_per_second,
-            burst=settings.rate_limit_burst,
-            queue_max_messages=settings.send_queue_max_messages,
-            queue_max_bytes=settings.send_queue_max_bytes,
-        )
 
 
 class TokenBucket:
@@ -55,6 +44,11 @@ class TokenBucket:
             self._window_start, self._drops = now, 0
         self._drops += 1
         return False
+
+    def retune(self, *, rate: float, burst: int) -> None:
+        """A new policy's rate: the tokens saved so far stay, up to the new burst."""
+        self._rate, self._burst = rate, float(burst)
+        self._tokens = min(self._tokens, self._burst)
 
     @property
     def abusive(self) -> bool:

@@ -55,6 +55,7 @@ class ErrorCode(enum.StrEnum):
     TARGET_NOT_FOUND = "target_not_found"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN_ROOM = "forbidden_room"
+    FORBIDDEN = "forbidden"  # HTTP only: the token lacks the role a route needs
     ROOM_FULL = "room_full"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     SERVER_BUSY = "server_busy"

@@ -8,7 +8,7 @@ from rendezvous.auth import Authenticator
 from rendezvous.backends.base import Backend
 from rendezvous.draining import Drainer
 from rendezvous.hub import Hub
-from rendezvous.limits import SessionLimits
+from rendezvous.policy.live import LivePolicy
 from rendezvous.settings import Settings
 from rendezvous.telemetry.metrics import Metrics
 from rendezvous.turn.ice_servers import IceServerProvider
@@ -22,6 +22,6 @@ class Services:
     authenticator: Authenticator
     ice: IceServerProvider
     metrics: Metrics
-    limits: SessionLimits
+    policy: LivePolicy  # the runtime policy in force, swapped whole on each reload
     drainer: Drainer
     connections: int = 0  # WebSockets in a handshake or open, for WEBRTC_MAX_CONNECTIONS

@@ -20,6 +20,7 @@ from rendezvous.auth import Identity
 from rendezvous.backends.base import Member
 from rendezvous.hub import Hub, LocalRoom
 from rendezvous.limits import SessionLimits, TokenBucket
+from rendezvous.policy.live import LivePolicy
 from rendezvous.protocol import (
     CloseCode,
     ErrorCode,
@@ -50,7 +51,7 @@ class Session:
         room_id: str,
         *,
         hub: Hub,
-        limits: SessionLimits,
+        policy: LivePolicy,
         metrics: Metrics,
         debug: bool = False,
     ) -> None:
@@ -58,7 +59,7 @@ class Session:
         self._debug = debug  # DEBUG=true: a log line per message
         self._room_id = room_id
         self._hub = hub
-        self._limits = limits
+        self._policy = policy
         self._metrics = metrics
         self._loop = asyncio.get_running_loop()
         self.member = Member(identity.user_id, identity.username, secrets.token_hex(8))
@@ -66,6 +67,7 @@ class Session:
             CONNECTION_EXTENSION
         )
         self._last_frame_at = self._loop.time()
+        limits = self._limits = policy.limits  # the version the bucket is tuned to
         self._bucket = TokenBucket(
             rate=limits.rate_per_second, burst=limits.burst, now=self._last_frame_at
         )
@@ -142,9 +144,10 @@ class Session:
         if self._closing is not None:
             return
         size = len(frame)  # characters: close enough to bytes for a memory bound
+        limits = self._policy.limits
         if (
-            len(self._queue) >= self._limits.queue_max_messages
-            or self._queued_chars + size > self._limits.queue_max_bytes
+            len(self._queue) >= limits.queue_max_messages
+            or self._queued_chars + size > limits.queue_max_bytes
         ):
             self._slow_consumer()
             return
@@ -204,6 +207,8 @@ class Session:
     def _on_frame(self, room: LocalRoom, message: Mapping[str, Any]) -> None:
         now = self._loop.time()
         self._last_frame_at = now
+        if self._policy.limits is not self._limits:
+            self._retune(self._policy.limits)
         kind: str = "invalid"
         try:
             self._take(1, now)  # every frame costs a token, even one that proves invalid
@@ -229,6 +234,12 @@ class Session:
             else:
                 self._metrics.error(error.code.value)
                 self.deliver(error_frame(error, room_id=self._room_id))
+
+    def _retune(self, limits: SessionLimits) -> None:
+        """A new policy version is in force: its limits apply from this frame on."""
+        self._limits = limits
+        self._bucket.retune(rate=limits.rate_per_second, burst=limits.burst)
+        self._always_small_chars = limits.max_message_bytes // 4
 
     def _check_size(self, text: str) -> None:
         limit = self._limits.max_message_bytes

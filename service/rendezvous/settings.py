@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         "require", validation_alias=_env("WEBRTC_RTCP_MUX_POLICY")
     )
 
+    # The live policy file (DESIGN section 5): its fields win over the variables above.
+    policy_file: Path | None = Field(None, validation_alias=_env("WEBRTC_POLICY_FILE"))
+
     # Rooms and presence.
     presence_ttl_seconds: float = Field(
         30.0, gt=0, le=3600, validation_alias=_env("WEBRTC_ROOM_PRESENCE_TTL")

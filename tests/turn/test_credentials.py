@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from rendezvous.auth import Identity
+from rendezvous.policy.effective import resolve
 from rendezvous.settings import ConfigError
 from rendezvous.turn.credentials import expiry_of, mint
 from rendezvous.turn.ice_servers import MintedIceServers
@@ -57,7 +58,8 @@ def test_minted_servers_put_credentials_on_turn_urls_only() -> None:
         turn_secret=SECRET,
         turn_ttl_seconds=600,
     )
-    ice = MintedIceServers(settings, clock=lambda: 1000.0).ice_servers(Identity("bob", "Bob"))
+    minted = MintedIceServers(settings, clock=lambda: 1000.0)
+    ice = minted.ice_servers(Identity("bob", "Bob"), resolve(settings).ice)
     stun, turn = ice.servers
     assert stun == {"urls": ["stun:127.0.0.1:3478"]}
     assert turn["urls"] == [

@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from rendezvous.auth import Identity
+from rendezvous.policy.effective import resolve
+from rendezvous.settings import Settings
 from rendezvous.turn.credentials_file import TurnCredentials, write_credentials
-from rendezvous.turn.ice_servers import ice_server_provider
+from rendezvous.turn.ice_servers import IceServerProvider, IceServers, ice_server_provider
 from rendezvous.turn.sidecar_file import POLL_SECONDS, SidecarFileIceServers
 from tests.support.server import running_server, test_settings
 from tests.support.tokens import token
@@ -40,10 +42,29 @@ def credentials(
     )
 
 
-def provider(path: Path, **settings: Any) -> SidecarFileIceServers:
-    built = ice_server_provider(test_settings(turn_credentials_file=path, **settings))
-    assert isinstance(built, SidecarFileIceServers)
-    return built
+class Configured:
+    """A provider with the ICE configuration its settings resolve to, as the route has."""
+
+    def __init__(self, settings: Settings, provider: IceServerProvider | None = None) -> None:
+        self.provider = provider or ice_server_provider(settings)
+        self.ice = resolve(settings).ice
+
+    def ice_servers(self, identity: Identity) -> IceServers:
+        return self.provider.ice_servers(identity, self.ice)
+
+    @property
+    def turn_status(self) -> str:
+        return self.provider.turn_status
+
+    @property
+    def turn_problem(self) -> str:
+        return self.provider.turn_problem
+
+
+def provider(path: Path, **settings: Any) -> Configured:
+    configured = Configured(test_settings(turn_credentials_file=path, **settings))
+    assert isinstance(configured.provider, SidecarFileIceServers)
+    return configured
 
 
 def turn_entry(servers: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -125,8 +146,11 @@ def test_expiry_is_checked_at_each_call_not_only_when_the_file_changes(tmp_path:
     now = [1_800_000_000.0]
     write_credentials(path, credentials(expires_in=60, now=now[0]))
     settings = test_settings(turn_credentials_file=path)
-    source = SidecarFileIceServers(
-        settings, fallback=ice_server_provider(test_settings()), clock=lambda: now[0]
+    source = Configured(
+        settings,
+        SidecarFileIceServers(
+            settings, fallback=ice_server_provider(test_settings()), clock=lambda: now[0]
+        ),
     )
     assert turn_entry(source.ice_servers(ALICE).servers) is not None
     assert source.ice_servers(ALICE).ttl_seconds == 60

@@ -14,6 +14,7 @@ from rendezvous.services import Services
 _STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN_ROOM: 403,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.INVALID_MESSAGE: 400,
     ErrorCode.BACKEND_UNAVAILABLE: 503,
 }
@@ -50,5 +51,12 @@ async def require_identity(
         raise ApiError(error) from None
 
 
+async def require_admin(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
+    if not identity.is_admin:
+        raise ApiError(SignalingError(ErrorCode.FORBIDDEN, "this route needs the admin role"))
+    return identity
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 IdentityDep = Annotated[Identity, Depends(require_identity)]
+AdminDep = Annotated[Identity, Depends(require_admin)]

@@ -30,6 +30,8 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     }
     if services.ice.turn_problem:
         body["turn_problem"] = services.ice.turn_problem
+    # A refused policy version never makes an instance unready: the last good one serves.
+    body["policy"] = services.policy.status.as_json()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -14,5 +14,5 @@ router = APIRouter()
 
 @router.get("/webrtc/config")
 async def webrtc_config(identity: IdentityDep, services: ServicesDep) -> dict[str, Any]:
-    ice = services.ice.ice_servers(identity)
-    return rtc_configuration(ice, services.settings)
+    ice = services.policy.ice  # one version for the whole answer
+    return rtc_configuration(services.ice.ice_servers(identity, ice), ice)

@@ -17,7 +17,7 @@ BEARER_SUBPROTOCOL_PREFIX = "bearer."
 
 @router.websocket("/webrtc/ws/{room_id}")
 async def signaling(websocket: WebSocket, room_id: str, services: ServicesDep) -> None:
-    allowed = services.settings.allowed_origin_set
+    allowed = services.policy.allowed_origins
     origin = websocket.headers.get("origin")
     if allowed and origin is not None and origin.rstrip("/") not in allowed:
         await websocket.close(code=1008)  # before accept: the client sees HTTP 403
@@ -55,11 +55,11 @@ async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> N
         identity,
         room_id,
         hub=services.hub,
-        limits=services.limits,
+        policy=services.policy,
         metrics=services.metrics,
         debug=services.settings.debug,
     )
-    await session.run(capacity=services.settings.max_participants_per_room)
+    await session.run(capacity=services.policy.rooms.for_room(room_id))
 
 
 def _token(websocket: WebSocket) -> str | None:

@@ -36,6 +36,16 @@ class Metrics:
         self._errors = Counter(
             "rendezvous_errors", "Error frames sent, by code", ["code"], registry=registry
         )
+        self.policy_generation = Gauge(
+            "rendezvous_policy_generation",
+            "Policy versions applied (0: the environment's values alone)",
+            registry=registry,
+        )
+        self.policy_rejected = Counter(
+            "rendezvous_policy_rejected",
+            "Policy file versions refused as invalid",
+            registry=registry,
+        )
         self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
 
     def message(self, kind: str, outcome: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rendezvous.auth import Identity
+from rendezvous.policy.effective import IceConfig
 from rendezvous.settings import Settings
 from rendezvous.turn.credentials_file import (
     CredentialsFileError,
@@ -48,8 +49,6 @@ class SidecarFileIceServers:
     ) -> None:
         assert settings.turn_credentials_file is not None
         self._path: Path = settings.turn_credentials_file
-        self._turn_urls = list(settings.turn_url_list)  # these win over the file's own
-        self._stun = stun_servers(settings)
         self._fallback = fallback
         self._clock = clock
         self._identity: FileIdentity | None = None
@@ -73,14 +72,17 @@ class SidecarFileIceServers:
             return f"{self._path} expired at {credentials.expires_at}"
         return ""
 
-    def ice_servers(self, identity: Identity) -> IceServers:
+    def ice_servers(self, identity: Identity, ice: IceConfig) -> IceServers:
         self._refresh()
         credentials, now = self._credentials, self._clock()
         if credentials is None or credentials.expired(now):
-            return self._fallback.ice_servers(identity)
-        urls = self._turn_urls or credentials.urls
-        turn = turn_server(urls, credentials.username, credentials.credential)
-        return IceServers([*self._stun, turn], ttl_seconds=credentials.expires_at - int(now))
+            return self._fallback.ice_servers(identity, ice)
+        # The policy's or WEBRTC_TURN_URLS, when stated (even as none), win over the file's.
+        urls = ice.turn_urls if ice.turn_urls_set else tuple(credentials.urls)
+        servers = stun_servers(ice)
+        if urls:
+            servers.append(turn_server(urls, credentials.username, credentials.credential))
+        return IceServers(servers, ttl_seconds=credentials.expires_at - int(now))
 
     async def watch(self) -> None:
         while True:
