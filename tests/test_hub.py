@@ -122,7 +122,7 @@ async def instances() -> AsyncIterator[tuple[Instance, Instance]]:
     started: list[Instance] = []
     for _ in range(2):
         backend = GatedBackend(presence_ttl_seconds=30, broker=broker)
-        hub = Hub(backend, metrics=Metrics(), join_buffer_limit=64)
+        hub = Hub(backend, metrics=Metrics(), join_buffer_limit=lambda: 64)
         await backend.start(hub.on_bus_message)
         started.append(Instance(hub, backend, broker))
     try:

@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     backend = backend or create_backend(settings)
     metrics = Metrics()
     metrics.watch_backend(backend)
-    hub = Hub(backend, metrics=metrics, join_buffer_limit=settings.send_queue_max_messages)
+    policy = initial_policy(settings)
+    hub = Hub(backend, metrics=metrics, join_buffer_limit=lambda: policy.limits.queue_max_messages)
     services = Services(
         settings=settings,
         backend=backend,
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         authenticator=Authenticator(settings),
         ice=ice_server_provider(settings),
         metrics=metrics,
-        policy=initial_policy(settings),
+        policy=policy,
         drainer=Drainer(hub, window_seconds=settings.drain_window_seconds),
     )
     app = FastAPI(title="Rendezvous", version="0.1.0", lifespan=_lifespan)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from rendezvous.backends.base import (
@@ -96,10 +96,12 @@ class LocalRoom:
 
 
 class Hub:
-    def __init__(self, backend: Backend, *, metrics: Metrics, join_buffer_limit: int) -> None:
+    def __init__(
+        self, backend: Backend, *, metrics: Metrics, join_buffer_limit: Callable[[], int]
+    ) -> None:
         self._backend = backend
         self._metrics = metrics
-        self._join_buffer_limit = join_buffer_limit
+        self._join_buffer_limit = join_buffer_limit  # read when used: the policy may change
         self._rooms: dict[str, LocalRoom] = {}
 
     # Membership.
@@ -316,8 +318,9 @@ class Hub:
                 _tell(room, other, event)
 
     def _buffer(self, room: LocalRoom, message: BusMessage) -> None:
+        limit = self._join_buffer_limit()
         for joining in room.joining.values():
-            if len(joining.messages) < self._join_buffer_limit:
+            if len(joining.messages) < limit:
                 joining.messages.append(message)
             else:
                 joining.overflowed = True
