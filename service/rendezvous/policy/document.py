@@ -13,10 +13,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ROOM_PATTERN = re.compile(r"^(?:[A-Za-z0-9-]{1,64}\*?|\*)$")
-ICE_URL = re.compile(r"^(?:stun|stuns|turn|turns):\S+$")
-ORIGIN = re.compile(r"^https?://[^/\s]+$")
+STUN_URL = re.compile(r"^stuns?:\S+$")
+TURN_URL = re.compile(r"^turns?:\S+$")  # a stun: URL here would be handed out with credentials
+ORIGIN = re.compile(r"^https?://[^/\s]+/?$")
 
-IceUrl = Annotated[str, Field(pattern=ICE_URL.pattern, examples=["stun:stun.example.org:3478"])]
+StunUrl = Annotated[str, Field(pattern=STUN_URL.pattern, examples=["stun:stun.example.org:3478"])]
+TurnUrl = Annotated[
+    str, Field(pattern=TURN_URL.pattern, examples=["turn:turn.example.org:3478?transport=udp"])
+]
 Origin = Annotated[str, Field(pattern=ORIGIN.pattern, examples=["https://app.example.org"])]
 
 
@@ -29,17 +33,18 @@ class PolicyError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `true` is not a number and "2048" not an integer (YAML says what it means).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class IcePolicy(_Strict):
     """What `/webrtc/config` hands out. TURN credentials never belong here (a policy is
     a ConfigMap): they come from the sidecar, WEBRTC_TURN_SECRET or the static pair."""
 
-    stun_urls: list[IceUrl] | None = Field(
+    stun_urls: list[StunUrl] | None = Field(
         default=None, description="STUN URLs; [] for none. Replaces WEBRTC_STUN_URLS."
     )
-    turn_urls: list[IceUrl] | None = Field(
+    turn_urls: list[TurnUrl] | None = Field(
         default=None,
         description="TURN URLs; [] for none. Replaces WEBRTC_TURN_URLS and the sidecar "
         "file's urls; needs a TURN credential source.",
@@ -118,7 +123,7 @@ class LimitsPolicy(_Strict):
 class Policy(_Strict):
     """The whole file. Unknown fields are errors, so a typo never passes silently."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="Rendezvous policy")
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="Rendezvous policy")
 
     ice: IcePolicy = IcePolicy()
     rooms: RoomPolicy = RoomPolicy()
@@ -136,7 +141,7 @@ EMPTY_POLICY = Policy.model_validate({})
 def parse_policy(text: bytes) -> Policy:
     """A policy from the file's bytes; PolicyError listing every problem otherwise."""
     try:
-        data: Any = yaml.safe_load(text)
+        data: Any = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise PolicyError([f"not YAML: {' '.join(str(exc).split())}"]) from None
     if data is None:
@@ -147,6 +152,21 @@ def parse_policy(text: bytes) -> Policy:
         return Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError([_error_line(error) for error in exc.errors()]) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice is an error rather than the last one winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _error_line(error: Any) -> str:

@@ -2,12 +2,14 @@
 
 A ConfigMap volume changes by kubelet's atomic `..data` symlink swap, which gives the
 file a new inode; an ordinary file changes in place. Either way its identity (device,
-inode, size, ctime) changes, so a poll once a second sees it. A new version is read,
-validated whole and, if valid, put in force at once; if not, it is refused whole, the
-exact errors are logged and counted, and the version in force stays. A read that races
-a writer (the file changed again while being read) is not judged: the next poll reads
-the finished file. Nothing here touches a session: a lower room limit applies to joins
-from then on, new limits to frames from then on."""
+inode, size, ctime) changes, so a poll once a second sees it. A version is judged once
+its identity has held for one poll, so a writer that truncates and then writes (`cat >`,
+many editors) is never caught half-way, even where half a file would parse (an empty
+file is a valid policy: it would switch every override off). Then it is read, validated
+whole and, if valid, put in force at once; if not, it is refused whole, the exact errors
+are logged and counted, and the version in force stays. Nothing here touches a
+session: a lower room limit applies to joins from then on, new limits to frames from then
+on."""
 
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ class PolicyReconciler:
         self._live = live
         self._metrics = metrics
         self._poll_seconds = poll_seconds
-        self._identity = _identity(self._path)
+        self._identity = _identity(self._path)  # of the version last judged
+        self._pending: FileIdentity | object = self._identity  # seen, not yet held a poll
         metrics.policy_generation.set(live.status.generation)
 
     async def run(self) -> None:
@@ -78,11 +81,16 @@ class PolicyReconciler:
             self.check()
 
     def check(self) -> None:
-        """Reconcile if the file changed since the last look."""
+        """Reconcile once a changed file has held still for one poll."""
         identity = _identity(self._path)
-        if identity != self._identity:
-            self._identity = identity
-            self.reconcile()
+        if identity == self._identity:
+            self._pending = identity
+            return
+        if identity != self._pending:
+            self._pending = identity  # changed since the last look: wait for the writer
+            return
+        self._identity = identity
+        self.reconcile()
 
     def reconcile(self) -> None:
         before = self._identity
@@ -91,6 +99,8 @@ class PolicyReconciler:
         except PolicyError as exc:
             if _identity(self._path) == before:  # else a writer is busy: judge its result
                 self._refuse(exc)
+            else:
+                self._identity = None  # judge the next version once it holds still
             return
         status = self._live.status
         if sha256 == status.sha256:
