@@ -13,13 +13,16 @@ import signal
 import stat
 import subprocess
 import sys
+import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
+from rendezvous.policy.document import Policy
 from rendezvous.settings import Settings
 from rendezvous.turn.sidecar_settings import SidecarSettings
 from tests.support.client import joined
@@ -268,3 +271,44 @@ def test_readme_configuration_table_lists_only_real_settings(
     model: type[BaseSettings], heading: str
 ) -> None:
     assert _configuration_table(heading) - _setting_names(model) == set()
+
+
+def _policy_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every field a policy file can state, by path (`rooms.overrides[].match`); a section
+    (a nested model) counts by its fields."""
+    paths = set()
+    for name, field in model.model_fields.items():
+        path, annotation = prefix + name, field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths |= _policy_paths(annotation, f"{path}.")
+            continue
+        paths.add(path)
+        if typing.get_origin(annotation) is list:
+            [item] = typing.get_args(annotation)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                paths |= _policy_paths(item, f"{path}[].")
+    return paths
+
+
+def _policy_table() -> set[str]:
+    """The field paths named in the first column of the Live policy section's table."""
+    section = README.read_text().split("\n## Live policy\n", 1)[1].split("\n## ", 1)[0]
+    return {
+        match.group(1)
+        for line in section.splitlines()
+        if (match := re.match(r"\| `([a-z_]+(?:\[\])?(?:\.[a-z_]+(?:\[\])?)*)` \|", line))
+    }
+
+
+def test_policy_paths_reach_into_sections_and_lists() -> None:
+    paths = _policy_paths(Policy)
+    assert {"rooms.overrides[].match", "limits.rate_limit_burst", "allowed_origins"} <= paths
+    assert "rooms" not in paths
+
+
+def test_readme_live_policy_table_documents_every_policy_field() -> None:
+    assert _policy_paths(Policy) - _policy_table() == set()
+
+
+def test_readme_live_policy_table_documents_only_real_policy_fields() -> None:
+    assert _policy_table() - _policy_paths(Policy) == set()

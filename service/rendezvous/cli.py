@@ -1,4 +1,4 @@
-"""`rendezvous serve | token | turn-sidecar | check-config`."""
+"""`rendezvous serve | token | turn-sidecar | check-config | policy-schema`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from typing import Any
 
 from rendezvous.auth import mint_token
 from rendezvous.backends import create_backend
+from rendezvous.policy.document import Policy, PolicyError
+from rendezvous.policy.effective import EffectivePolicy, resolve
+from rendezvous.policy.reconciling import initial_policy, load_policy
+from rendezvous.policy.view import policy_view
 from rendezvous.settings import SECRET_FIELDS, ConfigError, Settings, load_settings
 
 DEV_SECRET_BYTES = 48
@@ -71,7 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     sidecar.set_defaults(command=_turn_sidecar)
 
     check = commands.add_parser("check-config", help="print the effective configuration")
+    check.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="only check this policy file against the environment; print the policy it makes",
+    )
     check.set_defaults(command=_check_config)
+
+    schema = commands.add_parser("policy-schema", help="print the policy file's JSON Schema")
+    schema.add_argument("--output", type=Path, metavar="FILE", help="write it to FILE instead")
+    schema.set_defaults(command=_policy_schema)
     return parser
 
 
@@ -212,13 +226,34 @@ def parse_duration(text: str) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings()
+    if args.policy is not None:
+        return _check_policy(args.policy, settings)
     create_backend(settings)  # refuses what this build cannot run
-    print(json.dumps(effective_config(settings), indent=2, default=str))
+    live = initial_policy(settings)  # a bad WEBRTC_POLICY_FILE: ConfigError, one line
+    shown = effective_config(settings, live.effective)
+    if settings.policy_file is not None:
+        shown["policy"] = {"sha256": live.status.sha256, "policy": policy_view(live.effective)}
+    print(json.dumps(shown, indent=2, default=str))
     return 0
 
 
-def effective_config(settings: Settings) -> dict[str, Any]:
-    """Every setting by its environment name, secrets masked, plus what they resolve to."""
+def _check_policy(path: Path, settings: Settings) -> int:
+    """What `path` would put in force over this environment, as a pod would judge it:
+    every problem on its own line, for a GitOps pipeline's log."""
+    try:
+        effective, sha256 = load_policy(path, settings)
+    except PolicyError as exc:
+        for error in exc.errors:
+            print(f"rendezvous: policy {path}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps({"sha256": sha256, "policy": policy_view(effective)}, indent=2))
+    return 0
+
+
+def effective_config(settings: Settings, policy: EffectivePolicy | None = None) -> dict[str, Any]:
+    """Every setting by its environment name, secrets masked, plus what they resolve to
+    (with `policy`, the policy file's values where it states them)."""
+    policy = policy or resolve(settings)
     shown: dict[str, Any] = {}
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
@@ -235,10 +270,10 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     shown["effective"] = {
         "backend": f"redis ({target.mode.value})" if target else "memory",
         "jwt_algorithms": list(settings.algorithms),
-        "stun_urls": list(settings.stun_url_list),
-        "turn_urls": list(settings.turn_url_list),
+        "stun_urls": list(policy.ice.stun_urls),
+        "turn_urls": list(policy.ice.turn_urls),
         "turn_credentials": _turn_credential_sources(settings),
-        "allowed_origins": sorted(settings.allowed_origin_set) or "any",
+        "allowed_origins": sorted(policy.allowed_origins) or "any",
     }
     return shown
 
@@ -253,6 +288,23 @@ def _turn_credential_sources(settings: Settings) -> list[str]:
     elif settings.turn_username:
         sources.append("static WEBRTC_TURN_USERNAME/WEBRTC_TURN_CREDENTIAL")
     return sources
+
+
+# policy-schema
+
+
+def _policy_schema(args: argparse.Namespace) -> int:
+    text = policy_schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+    return 0
+
+
+def policy_schema_text() -> str:
+    """The policy file's JSON Schema as committed in `schemas/policy.schema.json`."""
+    return json.dumps(Policy.model_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":

@@ -202,7 +202,6 @@ def test_every_problem_is_listed_at_once_each_with_its_path() -> None:
 @pytest.mark.parametrize(
     ("data", "path"),
     [
-        ({"ice": None}, "ice"),
         ({"ice": ["stun:127.0.0.1"]}, "ice"),
         ({"ice": {"stun_urls": "stun:127.0.0.1"}}, "ice.stun_urls"),
         ({"rooms": {"overrides": {"match": "a-*"}}}, "rooms.overrides"),
@@ -270,3 +269,15 @@ def test_a_key_given_twice_is_refused_rather_than_the_last_winning() -> None:
 def test_an_origin_may_end_in_a_slash_as_the_variable_may() -> None:
     policy = parse_policy(b"allowed_origins: ['https://app.example.org/']")
     assert policy.allowed_origins == ["https://app.example.org/"]
+
+
+def test_a_section_with_everything_under_it_commented_out_states_nothing() -> None:
+    policy = parse_policy(b"ice:\n#  stun_urls: []\nrooms:\n  overrides:\nlimits:\n")
+    assert policy == EMPTY_POLICY
+
+
+def test_a_yaml_error_names_the_line_and_column() -> None:
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(b"rooms:\n  max_participants: [3\n")
+    (error,) = refused.value.errors
+    assert error.startswith("not YAML: ") and "line " in error and "<byte string>" not in error

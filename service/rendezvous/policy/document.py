@@ -64,6 +64,8 @@ class RoomOverride(_Strict):
     match: str = Field(
         description="A room id, or a prefix ending in `*` (`1on1-*`); `*` alone matches all.",
         examples=["1on1-*"],
+        # In the schema for other validators; checked below, with a plainer message.
+        json_schema_extra={"pattern": ROOM_PATTERN.pattern},
     )
     max_participants: int = Field(ge=1, le=10000, description="Capacity of matching rooms.")
 
@@ -143,15 +145,28 @@ def parse_policy(text: bytes) -> Policy:
     try:
         data: Any = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise PolicyError([f"not YAML: {' '.join(str(exc).split())}"]) from None
+        where = str(exc).replace(' in "<byte string>"', "")
+        raise PolicyError([f"not YAML: {' '.join(where.split())}"]) from None
     if data is None:
         data = {}  # an empty file states nothing: the environment's values apply
     if not isinstance(data, dict):
         raise PolicyError([f"expected a mapping at the top, got {type(data).__name__}"])
+    _drop_empty_sections(data)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError([_error_line(error) for error in exc.errors()]) from None
+
+
+def _drop_empty_sections(data: dict[str, Any]) -> None:
+    """`ice:` with every line under it commented out is YAML null: it states nothing,
+    as an empty file does, rather than being an error."""
+    for section in ("ice", "rooms", "limits"):
+        if section in data and data[section] is None:
+            del data[section]
+    rooms = data.get("rooms")
+    if isinstance(rooms, dict) and "overrides" in rooms and rooms["overrides"] is None:
+        del rooms["overrides"]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
