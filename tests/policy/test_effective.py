@@ -6,6 +6,7 @@ overrides match exact names and `*` prefixes, first match first."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from rendezvous.limits import SessionLimits
 from rendezvous.policy.document import PolicyError, parse_policy
 from rendezvous.policy.effective import EffectivePolicy, RoomCapacity, resolve
+from rendezvous.policy.view import policy_view
 from rendezvous.settings import Settings
 from tests.support.server import test_settings as settings_with
 
@@ -266,3 +268,14 @@ def test_a_lone_star_matches_every_room_from_where_it_stands() -> None:
 def test_without_overrides_every_room_has_the_default() -> None:
     rooms = effective("")
     assert {rooms.rooms.for_room(r) for r in ("a", "1on1-a", "lobby")} == {7}
+
+
+def test_the_view_of_a_policy_saved_as_a_file_gives_the_same_policy(tmp_path: Path) -> None:
+    """With the TURN URLs left to the sidecar's file, the view says `turn_urls: null`:
+    saved as a policy it keeps them there, where `[]` would switch TURN off."""
+    settings = settings_with(turn_credentials_file=tmp_path / "turn.json")
+    effective = resolve(settings)
+    view = policy_view(effective)
+    assert view["ice"]["turn_urls"] is None
+    again = resolve(settings, parse_policy(json.dumps(view).encode()))
+    assert again == effective and again.ice.turn_urls_set is False

@@ -16,7 +16,9 @@ def policy_view(effective: EffectivePolicy) -> dict[str, Any]:
     return {
         "ice": {
             "stun_urls": list(ice.stun_urls),
-            "turn_urls": list(ice.turn_urls),
+            # null: none stated, so the TURN sidecar's file names them (and a copy of
+            # this view saved as a policy keeps it so; [] would mean no TURN at all).
+            "turn_urls": list(ice.turn_urls) if ice.turn_urls_set else None,
             "ice_transport_policy": ice.ice_transport_policy,
             "bundle_policy": ice.bundle_policy,
             "rtcp_mux_policy": ice.rtcp_mux_policy,
