@@ -13,14 +13,14 @@ import base64
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.support.client import Client, joined
+from tests.support.client import Client, joined, members
 from tests.support.server import RunningServer, running_server
 from tests.support.server import test_settings as settings_with
 from tests.support.tokens import token
@@ -43,21 +43,6 @@ async def participants(server: RunningServer, room: str) -> list[str]:
         )
     response.raise_for_status()
     return sorted(p["user_id"] for p in response.json()["participants"])
-
-
-@contextlib.asynccontextmanager
-async def members(
-    server: RunningServer, room: str, users: Sequence[str]
-) -> AsyncIterator[dict[str, Client]]:
-    """Join `users` one by one; each earlier member has read every later one's user_joined."""
-    async with contextlib.AsyncExitStack() as stack:
-        clients: dict[str, Client] = {}
-        for user in users:
-            client, _ = await stack.enter_async_context(joined(server.ws_url(room, token(user))))
-            for earlier in clients.values():
-                assert (await earlier.expect("user_joined"))["payload"]["user_id"] == user
-            clients[user] = client
-        yield clients
 
 
 # Raw sockets: the handshake by hand, then whatever misbehaviour the test needs.

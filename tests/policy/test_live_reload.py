@@ -27,7 +27,7 @@ from rendezvous.policy.document import parse_policy
 from rendezvous.policy.effective import resolve
 from rendezvous.policy.reconciling import POLL_SECONDS
 from rendezvous.settings import Settings
-from tests.support.client import Client, connect, joined
+from tests.support.client import Client, connect, joined, members
 from tests.support.kubelet import SecretVolume
 from tests.support.redis import RedisServer
 from tests.support.server import RunningServer, running_server
@@ -119,21 +119,6 @@ async def refused_as_full(server: RunningServer, room: str, user: str) -> None:
     async with connect(server.ws_url(room, token(user))) as client:
         await client.expect_error("room_full")
         await client.expect_close(1008)
-
-
-@contextlib.asynccontextmanager
-async def members(
-    server: RunningServer, room: str, users: list[str]
-) -> AsyncIterator[dict[str, Client]]:
-    """Join `users` in order; each earlier member reads every later one's user_joined."""
-    async with contextlib.AsyncExitStack() as stack:
-        clients: dict[str, Client] = {}
-        for user in users:
-            client, _ = await stack.enter_async_context(joined(server.ws_url(room, token(user))))
-            for earlier in clients.values():
-                assert (await earlier.expect("user_joined"))["payload"]["user_id"] == user
-            clients[user] = client
-        yield clients
 
 
 def still_open(*clients: Client) -> None:

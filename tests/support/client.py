@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+from tests.support.tokens import token
+
+if TYPE_CHECKING:
+    from tests.support.server import RunningServer
 
 RECV_TIMEOUT_SECONDS = 5.0
 
@@ -66,3 +71,18 @@ async def joined(url: str, **kwargs: Any) -> AsyncIterator[tuple[Client, dict[st
     async with connect(url, **kwargs) as client:
         state = await client.expect("room_state")
         yield client, state
+
+
+@contextlib.asynccontextmanager
+async def members(
+    server: RunningServer, room: str, users: Sequence[str]
+) -> AsyncIterator[dict[str, Client]]:
+    """Join `users` one by one; each earlier member has read every later one's user_joined."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[str, Client] = {}
+        for user in users:
+            client, _ = await stack.enter_async_context(joined(server.ws_url(room, token(user))))
+            for earlier in clients.values():
+                assert (await earlier.expect("user_joined"))["payload"]["user_id"] == user
+            clients[user] = client
+        yield clients
