@@ -230,7 +230,8 @@ class Listener:
             connection.send(self._subscribe_command, channel)
         try:
             await connection.drain()
-            await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):  # not wait_for: see resp
+                await asyncio.shield(future)
         except BaseException as exc:  # cancelled too: the caller never had the channel
             self._abandon(channel, future)
             if not known:

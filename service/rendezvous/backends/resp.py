@@ -42,10 +42,10 @@ class RespConnection:
         """Connect, authenticate and name the connection (`CLIENT SETNAME`, so operators
         see it in `CLIENT LIST`); raise OSError, TimeoutError or RespError."""
         context = ssl.create_default_context() if tls else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context, limit=2**20),
-            CONNECT_TIMEOUT_SECONDS,
-        )
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+        # arrives as the connect fails, and a stopping backend would reconnect forever.
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_connection(host, port, ssl=context, limit=2**20)
         connection = cls(reader, writer)
         try:
             commands: list[tuple[bytes, ...]] = []
@@ -115,6 +115,7 @@ class RespConnection:
     async def close(self) -> None:
         self._writer.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), CONNECT_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                await self._writer.wait_closed()
         except (OSError, TimeoutError):
             self.abort()
