@@ -23,6 +23,7 @@ from rendezvous.services import Services
 from rendezvous.settings import Settings, load_settings
 from rendezvous.telemetry.logging import RedactTokens
 from rendezvous.telemetry.metrics import Metrics
+from rendezvous.telemetry.tracing import Tracing, read_tracing_config, setup_tracing
 from rendezvous.turn.ice_servers import ice_server_provider
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ BACKEND_STOP_SECONDS = 0.5  # part of the drain deadline's shutdown reserve
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
     """Build the app; `backend` lets tests share one broker between several apps."""
     settings = settings or load_settings()
+    tracing_config = read_tracing_config()  # a bad OTEL_* value: ConfigError before anything starts
     _redact_server_logs()
     backend = backend or create_backend(settings)
     metrics = Metrics()
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     )
     app = FastAPI(title="Rendezvous", version="0.1.0", lifespan=_lifespan)
     app.state.services = services
+    app.state.tracing = setup_tracing(app, instance_id=backend.instance_id, config=tracing_config)
     for module in (websocket, ice, rooms, health, admin):
         app.include_router(module.router)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
@@ -60,6 +63,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
+    tracing: Tracing = app.state.tracing
     keeper = PresenceKeeper(
         services.hub, services.backend, ttl_seconds=services.settings.presence_ttl_seconds
     )
@@ -73,6 +77,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         reconciler = PolicyReconciler(services.settings, services.policy, metrics=services.metrics)
         background.append(asyncio.create_task(reconciler.run(), name="rendezvous.policy"))
         background[-1].add_done_callback(_report_exit)
+    tracing.start()
     log.info("rendezvous started", extra={"instance_id": services.backend.instance_id})
     try:
         yield
@@ -84,6 +89,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.wait_for(services.backend.stop(), BACKEND_STOP_SECONDS)
         except TimeoutError:
             log.warning("the backend did not stop within %.1fs", BACKEND_STOP_SECONDS)
+        await tracing.shutdown()  # last: the spans of the shutdown itself are flushed too
 
 
 def _redact_server_logs() -> None:

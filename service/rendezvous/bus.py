@@ -24,6 +24,8 @@ class BusMessage:
     user_id: str
     frame: str
     target: str | None = None  # relay only: deliver to this member alone
+    relay_type: str = ""  # relay only: the frame's type, for metrics without parsing it
+    sent_at: float = 0.0  # relay only: unix time the sender's instance relayed it
     session_id: str = ""  # events only
     username: str = ""
     reason: str = ""
@@ -34,10 +36,12 @@ class BusDecodeError(ValueError):
 
 
 def encode_bus(message: BusMessage) -> bytes:
-    header = {"k": message.kind.value, "u": message.user_id}
+    header: dict[str, object] = {"k": message.kind.value, "u": message.user_id}
     if message.target is not None:
         header["t"] = message.target
-    if message.kind is not BusKind.RELAY:
+    if message.kind is BusKind.RELAY:
+        header.update(y=message.relay_type, a=message.sent_at)
+    else:
         header.update(s=message.session_id, n=message.username, r=message.reason)
     return orjson.dumps(header) + b"\n" + message.frame.encode()
 
@@ -53,6 +57,8 @@ def decode_bus(data: bytes) -> BusMessage:
             user_id=header["u"],
             frame=frame.decode(),
             target=header.get("t"),
+            relay_type=header.get("y", ""),
+            sent_at=header.get("a", 0.0),
             session_id=header.get("s", ""),
             username=header.get("n", ""),
             reason=header.get("r", ""),

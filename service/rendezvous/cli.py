@@ -19,6 +19,7 @@ from rendezvous.policy.effective import EffectivePolicy, resolve
 from rendezvous.policy.reconciling import initial_policy, load_policy
 from rendezvous.policy.view import policy_view
 from rendezvous.settings import SECRET_FIELDS, ConfigError, Settings, load_settings
+from rendezvous.telemetry.tracing import read_tracing_config
 
 DEV_SECRET_BYTES = 48
 DEV_TOKEN_TTL_SECONDS = 24 * 3600
@@ -229,10 +230,12 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.policy is not None:
         return _check_policy(args.policy, settings)
     create_backend(settings)  # refuses what this build cannot run
+    tracing = read_tracing_config()  # a bad OTEL_* value: ConfigError, one line
     live = initial_policy(settings)  # a bad WEBRTC_POLICY_FILE: ConfigError, one line
     shown = effective_config(settings, live.effective)
     if settings.policy_file is not None:
         shown["policy"] = {"sha256": live.status.sha256, "policy": policy_view(live.effective)}
+    shown["effective"]["tracing"] = list(tracing.exporters) or "off"
     print(json.dumps(shown, indent=2, default=str))
     return 0
 

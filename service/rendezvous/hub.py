@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from rendezvous.backends.base import (
@@ -32,6 +33,10 @@ from rendezvous.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# Why a frame was not queued for a recipient (a `reason` of rendezvous_messages_dropped):
+# its session is closing, or the frame overflowed its send queue (`slow_consumer`).
+RECIPIENT_CLOSED = "recipient_closed"
+
 
 class Peer(Protocol):
     """What the hub needs of a session."""
@@ -39,8 +44,8 @@ class Peer(Protocol):
     @property
     def member(self) -> Member: ...
 
-    def deliver(self, frame: str) -> None:
-        """Queue a frame; never blocks, never raises."""
+    def deliver(self, frame: str) -> str | None:
+        """Queue a frame; never blocks, never raises. None, or why the frame was dropped."""
 
     def close(self, error: SignalingError) -> None:
         """Send the error frame, then close with its close code."""
@@ -103,6 +108,7 @@ class Hub:
         self._metrics = metrics
         self._join_buffer_limit = join_buffer_limit  # read when used: the policy may change
         self._rooms: dict[str, LocalRoom] = {}
+        self._relays = metrics.relays
 
     # Membership.
 
@@ -164,7 +170,7 @@ class Hub:
             return
         for message in later:
             if message.kind is BusKind.RELAY:
-                peer.deliver(message.frame)
+                self._record_relayed(message, self._count([peer], message, None))
             else:
                 _tell(room, peer, message)
 
@@ -205,13 +211,14 @@ class Hub:
 
     # The per-message path.
 
-    def relay(
-        self, peer: Peer, room: LocalRoom, kind: MessageType, payload: dict[str, Any]
-    ) -> None:
-        """Deliver a client message to its target, else to every other member of its room."""
+    def relay(self, peer: Peer, room: LocalRoom, kind: MessageType, payload: dict[str, Any]) -> int:
+        """Deliver a client message to its target, else to every other member of its room;
+        return how many sockets on this instance it was queued for (the caller, which knows
+        when the frame arrived, records the relay)."""
         sender = peer.member.user_id
         target = payload.get("target_user_id")
         frame = encode(kind, payload, room_id=room.room_id, sender_id=sender)
+        delivered = 0
         if target is not None:
             if target not in room.roster:
                 raise SignalingError(
@@ -219,21 +226,32 @@ class Hub:
                 )
             local = room.sessions.get(target)
             if local is not None:
-                local.deliver(frame)
+                dropped = local.deliver(frame)
+                if dropped is None:
+                    delivered = 1
+                else:
+                    self._metrics.dropped(kind, dropped)
                 remote = False
             else:
                 remote = True
         else:
             for other in room.sessions.values():
                 if other is not peer:
-                    other.deliver(frame)
+                    dropped = other.deliver(frame)
+                    if dropped is None:
+                        delivered += 1
+                    else:
+                        self._metrics.dropped(kind, dropped)
             remote = len(room.roster) > len(room.sessions)  # members on other instances
         if remote or room.joining:
-            message = BusMessage(BusKind.RELAY, sender, frame, target)
+            message = BusMessage(
+                BusKind.RELAY, sender, frame, target, relay_type=kind.value, sent_at=time.time()
+            )
             if room.joining:
                 self._buffer(room, message)
             if remote:
                 self._publish(room, message)
+        return delivered
 
     def _publish(self, room: LocalRoom, message: BusMessage) -> None:
         try:
@@ -254,16 +272,34 @@ class Hub:
         if message.kind is BusKind.RELAY:
             if message.target is not None:
                 local = room.sessions.get(message.target)
-                if local is not None:
-                    local.deliver(message.frame)
+                recipients: Iterable[Peer] = () if local is None else (local,)
             else:
-                for other in room.sessions.values():
-                    if other.member.user_id != message.user_id:
-                        other.deliver(message.frame)
+                recipients = room.sessions.values()
+            self._record_relayed(message, self._count(recipients, message, message.user_id))
         else:
             self._apply_event(room, message)
         if room.joining:
             self._buffer(room, message)
+
+    def _count(self, recipients: Iterable[Peer], message: BusMessage, sender: str | None) -> int:
+        """Deliver a relayed frame to `recipients` but its sender; how many queued it."""
+        delivered = 0
+        for other in recipients:
+            if other.member.user_id != sender:
+                dropped = other.deliver(message.frame)
+                if dropped is None:
+                    delivered += 1
+                else:
+                    self._metrics.dropped(message.relay_type or "unknown", dropped)
+        return delivered
+
+    def _record_relayed(self, message: BusMessage, delivered: int) -> None:
+        """Relay metrics for a frame relayed on another instance (or before a join): its
+        latency runs from when that instance relayed it (wall clock: hosts' clocks must
+        agree, as NTP keeps them)."""
+        stats = self._relays.get(message.relay_type)
+        if delivered and stats is not None and message.sent_at:
+            stats.record(delivered, max(time.time() - message.sent_at, 0.0))
 
     # Join and leave events.
 

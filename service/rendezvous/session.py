@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rendezvous.auth import Identity
 from rendezvous.backends.base import Member
-from rendezvous.hub import Hub, LocalRoom
+from rendezvous.hub import RECIPIENT_CLOSED, Hub, LocalRoom
 from rendezvous.limits import SessionLimits, TokenBucket
 from rendezvous.policy.live import LivePolicy
 from rendezvous.protocol import (
@@ -36,6 +37,8 @@ from rendezvous.serving import CONNECTION_EXTENSION, ConnectionControl
 from rendezvous.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_SLOW_CONSUMER = ErrorCode.SLOW_CONSUMER.value
 
 # After a close is queued, how long the writer may take to flush it before we abort.
 CLOSE_FLUSH_SECONDS = 2.0
@@ -61,6 +64,7 @@ class Session:
         self._hub = hub
         self._policy = policy
         self._metrics = metrics
+        self._relays = metrics.relays
         self._loop = asyncio.get_running_loop()
         self.member = Member(identity.user_id, identity.username, secrets.token_hex(8))
         self._connection: ConnectionControl | None = websocket.scope.get("extensions", {}).get(
@@ -139,10 +143,11 @@ class Session:
 
     # Outbound.
 
-    def deliver(self, frame: str) -> None:
-        """Queue one frame for this peer; the per-message path, so keep it tiny."""
+    def deliver(self, frame: str) -> str | None:
+        """Queue one frame for this peer; None, or why it was dropped. The per-message
+        path, so keep it tiny."""
         if self._closing is not None:
-            return
+            return RECIPIENT_CLOSED
         size = len(frame)  # characters: close enough to bytes for a memory bound
         limits = self._policy.limits
         if (
@@ -150,10 +155,11 @@ class Session:
             or self._queued_chars + size > limits.queue_max_bytes
         ):
             self._slow_consumer()
-            return
+            return _SLOW_CONSUMER
         self._queue.append(frame)
         self._queued_chars += size
         self._ready.set()
+        return None
 
     def close(self, error: SignalingError) -> None:
         """Send `error` after what is queued, then close with its close code."""
@@ -161,6 +167,8 @@ class Session:
             return
         self._closing = error
         self._metrics.error(error.code.value)
+        if error.code is ErrorCode.SLOW_CONSUMER:
+            self._metrics.slow_consumer_disconnects.inc()
         self._queue.append(error_frame(error, room_id=self._room_id))
         self._ready.set()
 
@@ -205,6 +213,7 @@ class Session:
                 self._on_frame(room, message)
 
     def _on_frame(self, room: LocalRoom, message: Mapping[str, Any]) -> None:
+        received_at = time.perf_counter()  # the loop's clock may be coarse (uvloop: 1 ms)
         now = self._loop.time()
         self._last_frame_at = now
         if self._policy.limits is not self._limits:
@@ -223,12 +232,14 @@ class Session:
                 if payload.get("target_user_id") is None:
                     # A broadcast costs one token per recipient; the first is paid above.
                     self._take(min(len(room.roster) - 2, self._limits.burst - 1), now)
-                self._hub.relay(self, room, kind, payload)
-            self._metrics.message(kind, "ok")
+                delivered = self._hub.relay(self, room, kind, payload)
+                if delivered:
+                    self._relays[kind].record(delivered, time.perf_counter() - received_at)
+            self._metrics.message_ok(kind)
             if self._debug:
                 log.debug("%s relayed", kind, extra=self._log_context())
         except SignalingError as error:
-            self._metrics.message(kind, error.code.value)
+            self._metrics.refused(kind, error.code.value)
             if error.close_code is not None:
                 self.close(error)
             else:

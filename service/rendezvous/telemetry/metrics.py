@@ -1,15 +1,66 @@
-"""Prometheus metrics, one registry per app so that several apps can share a process."""
+"""Prometheus metrics, one registry per app so that several apps can share a process.
+
+The per-message metrics stay cheap: label children are bound once and reused, and what
+is counted per relayed message (deliveries and relay latency) is kept in plain numbers
+rendered at scrape time, free of prometheus_client's per-increment lock. Every update
+and every scrape runs on the event loop's thread.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from rendezvous.backends.base import Backend
+from rendezvous.protocol import RELAYED_TYPES
+
+# Signaling latency: a relay within an instance takes tens of microseconds, one through
+# Redis around a millisecond; seconds mean a stalled loop or a backlog.
+RELAY_LATENCY_BUCKETS_SECONDS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+class RelayStats:
+    """Deliveries and relay latency of one message type."""
+
+    __slots__ = ("buckets", "delivered", "latency_sum")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.buckets = [0] * (len(RELAY_LATENCY_BUCKETS_SECONDS) + 1)  # the last is +Inf
+        self.latency_sum = 0.0
+
+    def record(self, deliveries: int, seconds: float) -> None:
+        """One relayed message, queued for `deliveries` sockets `seconds` after receipt."""
+        self.delivered += deliveries
+        self.buckets[bisect_left(RELAY_LATENCY_BUCKETS_SECONDS, seconds)] += 1
+        self.latency_sum += seconds
 
 
 class Metrics:
@@ -33,6 +84,22 @@ class Metrics:
             ["type", "outcome"],
             registry=registry,
         )
+        self._dropped = Counter(
+            "rendezvous_messages_dropped",
+            "Messages dropped, by type and reason (a refused client frame, or one recipient)",
+            ["type", "reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "rendezvous_rate_limited",
+            "Client frames refused by the rate limit",
+            registry=registry,
+        )
+        self.slow_consumer_disconnects = Counter(
+            "rendezvous_slow_consumer_disconnects",
+            "Sessions disconnected for not reading fast enough",
+            registry=registry,
+        )
         self._errors = Counter(
             "rendezvous_errors", "Error frames sent, by code", ["code"], registry=registry
         )
@@ -46,21 +113,40 @@ class Metrics:
             "Policy file versions refused as invalid",
             registry=registry,
         )
+        # By relayed type (a StrEnum member finds its plain-string key, and vice versa).
+        self.relays: dict[str, RelayStats] = {kind.value: RelayStats() for kind in RELAYED_TYPES}
+        registry.register(_RelayCollector(self.relays))
+        self._ok: dict[str, MetricWrapperBase] = {}
         self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
 
-    def message(self, kind: str, outcome: str) -> None:
-        key = ("m", kind, outcome)
-        child = self._children.get(key)
+    def message_ok(self, kind: str) -> None:
+        """A client frame handled; the per-message path, so no key is built."""
+        child = self._ok.get(kind)
         if child is None:
-            child = self._children[key] = self._messages.labels(kind, outcome)
+            child = self._ok[kind] = self._messages.labels(kind, "ok")
         child.inc()  # type: ignore[attr-defined]
 
+    def message(self, kind: str, outcome: str) -> None:
+        self._child(self._messages, ("m", kind, outcome)).inc()  # type: ignore[attr-defined]
+
+    def refused(self, kind: str, code: str) -> None:
+        """A client frame refused with error `code`: counted as its outcome and as a drop."""
+        self.message(kind, code)
+        self.dropped(kind, code)
+        if code == "rate_limited":
+            self.rate_limited.inc()
+
+    def dropped(self, kind: str, reason: str) -> None:
+        self._child(self._dropped, ("d", kind, reason)).inc()  # type: ignore[attr-defined]
+
     def error(self, code: str) -> None:
-        key = ("e", code)
+        self._child(self._errors, ("e", code)).inc()  # type: ignore[attr-defined]
+
+    def _child(self, metric: MetricWrapperBase, key: tuple[str, ...]) -> MetricWrapperBase:
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self._errors.labels(code)
-        child.inc()  # type: ignore[attr-defined]
+            child = self._children[key] = metric.labels(*key[1:])
+        return child
 
     def watch_backend(self, backend: Backend) -> None:
         """Report the backend's link: read at scrape time, so the backend stays unaware."""
@@ -68,6 +154,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RelayCollector(Collector):
+    def __init__(self, relays: dict[str, RelayStats]) -> None:
+        self._relays = relays
+
+    def collect(self) -> Iterator[Metric]:
+        delivered = CounterMetricFamily(
+            "rendezvous_messages_relayed",
+            "Messages queued for a recipient's socket on this instance, by type",
+            labels=["type"],
+        )
+        latency = HistogramMetricFamily(
+            "rendezvous_relay_latency_seconds",
+            "From a frame's receipt (on any instance) to its queueing for the recipients here",
+            labels=["type"],
+        )
+        bounds = [*map(floatToGoString, RELAY_LATENCY_BUCKETS_SECONDS), "+Inf"]
+        for kind, stats in sorted(self._relays.items()):
+            delivered.add_metric([kind], stats.delivered)
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, stats.buckets, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            latency.add_metric([kind], cumulative, sum_value=stats.latency_sum)
+        yield delivered
+        yield latency
 
 
 class _BackendCollector(Collector):
