@@ -148,3 +148,17 @@ def test_exception_text_is_redacted_too() -> None:
     failed = record_through_handler("failed", exc=True)
     assert "ValueError" in str(failed["exception"])
     assert_absent(json.dumps(failed), JWT)
+
+
+def test_a_line_logged_inside_a_span_names_its_trace_and_span() -> None:
+    """What lets an operator go from a log line to the trace in the dashboard."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")  # a provider of its own, not the global one
+    with tracer.start_as_current_span("relay") as span:
+        inside = record_through_handler("relayed")
+    context = span.get_span_context()
+    assert inside["trace_id"] == format(context.trace_id, "032x")
+    assert inside["span_id"] == format(context.span_id, "016x")
+    outside = record_through_handler("relayed")
+    assert "trace_id" not in outside and "span_id" not in outside

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from opentelemetry import trace  # the API alone: a no-op unless tracing is configured
 
 # A token may ride in a query (`?token=`), an Authorization header or a subprotocol.
 _TOKEN_PATTERNS = (
@@ -54,6 +55,10 @@ class JsonFormatter(logging.Formatter):
         }
         if self._instance_id:
             line["instance_id"] = self._instance_id
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # only while tracing is on and a span is current
+            line["trace_id"] = format(span.trace_id, "032x")
+            line["span_id"] = format(span.span_id, "016x")
         line.update(
             (key, value)
             for key, value in vars(record).items()
