@@ -170,7 +170,9 @@ class Hub:
             return
         for message in later:
             if message.kind is BusKind.RELAY:
-                self._record_relayed(message, self._count([peer], message, None))
+                self._record_relayed(
+                    message, self._count((peer,), message.frame, message.relay_type, None)
+                )
             else:
                 _tell(room, peer, message)
 
@@ -226,22 +228,10 @@ class Hub:
                 )
             local = room.sessions.get(target)
             if local is not None:
-                dropped = local.deliver(frame)
-                if dropped is None:
-                    delivered = 1
-                else:
-                    self._metrics.dropped(kind, dropped)
-                remote = False
-            else:
-                remote = True
+                delivered = self._count((local,), frame, kind, None)
+            remote = local is None
         else:
-            for other in room.sessions.values():
-                if other is not peer:
-                    dropped = other.deliver(frame)
-                    if dropped is None:
-                        delivered += 1
-                    else:
-                        self._metrics.dropped(kind, dropped)
+            delivered = self._count(room.sessions.values(), frame, kind, sender)
             remote = len(room.roster) > len(room.sessions)  # members on other instances
         if remote or room.joining:
             message = BusMessage(
@@ -275,22 +265,27 @@ class Hub:
                 recipients: Iterable[Peer] = () if local is None else (local,)
             else:
                 recipients = room.sessions.values()
-            self._record_relayed(message, self._count(recipients, message, message.user_id))
+            self._record_relayed(
+                message,
+                self._count(recipients, message.frame, message.relay_type, message.user_id),
+            )
         else:
             self._apply_event(room, message)
         if room.joining:
             self._buffer(room, message)
 
-    def _count(self, recipients: Iterable[Peer], message: BusMessage, sender: str | None) -> int:
+    def _count(
+        self, recipients: Iterable[Peer], frame: str, relay_type: str, sender: str | None
+    ) -> int:
         """Deliver a relayed frame to `recipients` but its sender; how many queued it."""
         delivered = 0
         for other in recipients:
             if other.member.user_id != sender:
-                dropped = other.deliver(message.frame)
+                dropped = other.deliver(frame)
                 if dropped is None:
                     delivered += 1
                 else:
-                    self._metrics.dropped(message.relay_type or "unknown", dropped)
+                    self._metrics.dropped(relay_type or "unknown", dropped)
         return delivered
 
     def _record_relayed(self, message: BusMessage, delivered: int) -> None:
