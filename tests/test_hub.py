@@ -22,6 +22,7 @@ from rendezvous.backends.memory import MemoryBackend, MemoryBroker
 from rendezvous.hub import Hub, LocalRoom
 from rendezvous.protocol import CloseCode, ErrorCode, LeaveReason, MessageType, SignalingError
 from rendezvous.telemetry.metrics import Metrics
+from rendezvous.telemetry.tracing import Tracing
 
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 CAPACITY = 10
@@ -122,7 +123,12 @@ async def instances() -> AsyncIterator[tuple[Instance, Instance]]:
     started: list[Instance] = []
     for _ in range(2):
         backend = GatedBackend(presence_ttl_seconds=30, broker=broker)
-        hub = Hub(backend, metrics=Metrics(), join_buffer_limit=lambda: 64)
+        hub = Hub(
+            backend,
+            metrics=Metrics(),
+            spans=Tracing.disabled().spans(bus="memory"),
+            join_buffer_limit=lambda: 64,
+        )
         await backend.start(hub.on_bus_message)
         started.append(Instance(hub, backend, broker))
     try:

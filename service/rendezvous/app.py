@@ -15,6 +15,7 @@ from rendezvous.api.deps import ApiError
 from rendezvous.auth import Authenticator
 from rendezvous.backends import create_backend
 from rendezvous.backends.base import Backend
+from rendezvous.backends.memory import MemoryBackend
 from rendezvous.draining import Drainer
 from rendezvous.hub import Hub
 from rendezvous.policy.reconciling import PolicyReconciler, initial_policy
@@ -37,11 +38,21 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     tracing_config = read_tracing_config()  # a bad OTEL_* value: ConfigError before anything starts
     _redact_server_logs()
     backend = backend or create_backend(settings)
+    app = FastAPI(title="Rendezvous", version="0.1.0", lifespan=_lifespan)
+    tracing = app.state.tracing = setup_tracing(
+        app, instance_id=backend.instance_id, config=tracing_config
+    )
+    spans = tracing.spans(bus="memory" if isinstance(backend, MemoryBackend) else "redis")
     metrics = Metrics()
     metrics.watch_backend(backend)
     policy = initial_policy(settings)
-    hub = Hub(backend, metrics=metrics, join_buffer_limit=lambda: policy.limits.queue_max_messages)
-    services = Services(
+    hub = Hub(
+        backend,
+        metrics=metrics,
+        spans=spans,
+        join_buffer_limit=lambda: policy.limits.queue_max_messages,
+    )
+    app.state.services = Services(
         settings=settings,
         backend=backend,
         hub=hub,
@@ -50,10 +61,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         metrics=metrics,
         policy=policy,
         drainer=Drainer(hub, window_seconds=settings.drain_window_seconds),
+        spans=spans,
     )
-    app = FastAPI(title="Rendezvous", version="0.1.0", lifespan=_lifespan)
-    app.state.services = services
-    app.state.tracing = setup_tracing(app, instance_id=backend.instance_id, config=tracing_config)
     for module in (websocket, ice, rooms, health, admin):
         app.include_router(module.router)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ class BusMessage:
     target: str | None = None  # relay only: deliver to this member alone
     relay_type: str = ""  # relay only: the frame's type, for metrics without parsing it
     sent_at: float = 0.0  # relay only: unix time the sender's instance relayed it
+    traceparent: str = ""  # relay only: W3C trace context of the publish span, if sampled
     session_id: str = ""  # events only
     username: str = ""
     reason: str = ""
@@ -41,6 +42,8 @@ def encode_bus(message: BusMessage) -> bytes:
         header["t"] = message.target
     if message.kind is BusKind.RELAY:
         header.update(y=message.relay_type, a=message.sent_at)
+        if message.traceparent:
+            header["p"] = message.traceparent
     else:
         header.update(s=message.session_id, n=message.username, r=message.reason)
     return orjson.dumps(header) + b"\n" + message.frame.encode()
@@ -59,9 +62,16 @@ def decode_bus(data: bytes) -> BusMessage:
             target=header.get("t"),
             relay_type=header.get("y", ""),
             sent_at=header.get("a", 0.0),
+            traceparent=_text(header.get("p", "")),
             session_id=header.get("s", ""),
             username=header.get("n", ""),
             reason=header.get("r", ""),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BusDecodeError(f"undecodable bus message: {exc}") from exc
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value

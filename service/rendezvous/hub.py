@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 from rendezvous.backends.base import (
@@ -29,7 +30,9 @@ from rendezvous.protocol import (
     SignalingError,
     encode,
 )
+from rendezvous.telemetry import spans as span_names
 from rendezvous.telemetry.metrics import Metrics
+from rendezvous.telemetry.spans import SignalingSpans
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +105,17 @@ class LocalRoom:
 
 class Hub:
     def __init__(
-        self, backend: Backend, *, metrics: Metrics, join_buffer_limit: Callable[[], int]
+        self,
+        backend: Backend,
+        *,
+        metrics: Metrics,
+        spans: SignalingSpans,
+        join_buffer_limit: Callable[[], int],
     ) -> None:
         self._backend = backend
         self._metrics = metrics
+        self._spans = spans
+        self._tracing = spans.enabled  # per message: one test when tracing is off
         self._join_buffer_limit = join_buffer_limit  # read when used: the policy may change
         self._rooms: dict[str, LocalRoom] = {}
         self._relays = metrics.relays
@@ -120,8 +130,9 @@ class Hub:
         member = peer.member
         room.joining[member.session_id] = _Joining(peer)
         try:
-            await self._subscribe(room)
-            result = await self._backend.join(room_id, member, capacity=capacity)
+            with self._spans.presence(room_id, capacity):
+                await self._subscribe(room)
+                result = await self._backend.join(room_id, member, capacity=capacity)
         except BaseException as exc:
             room.joining.pop(member.session_id, None)
             await self._release(room)
@@ -170,9 +181,7 @@ class Hub:
             return
         for message in later:
             if message.kind is BusKind.RELAY:
-                self._record_relayed(
-                    message, self._count((peer,), message.frame, message.relay_type, None)
-                )
+                self._deliver_relayed(room, message, (peer,), sender=None)
             else:
                 _tell(room, peer, message)
 
@@ -244,6 +253,15 @@ class Hub:
         return delivered
 
     def _publish(self, room: LocalRoom, message: BusMessage) -> None:
+        if self._tracing:
+            with self._spans.publish(room.room_id, message.relay_type) as traceparent:
+                if traceparent:
+                    message = replace(message, traceparent=traceparent)
+                self._send(room, message)
+        else:
+            self._send(room, message)
+
+    def _send(self, room: LocalRoom, message: BusMessage) -> None:
         try:
             self._backend.publish(room.room_id, encode_bus(message))
         except BackendUnavailableError as exc:
@@ -265,10 +283,7 @@ class Hub:
                 recipients: Iterable[Peer] = () if local is None else (local,)
             else:
                 recipients = room.sessions.values()
-            self._record_relayed(
-                message,
-                self._count(recipients, message.frame, message.relay_type, message.user_id),
-            )
+            self._deliver_relayed(room, message, recipients, sender=message.user_id)
         else:
             self._apply_event(room, message)
         if room.joining:
@@ -287,6 +302,30 @@ class Hub:
                 else:
                     self._metrics.dropped(relay_type or "unknown", dropped)
         return delivered
+
+    def _deliver_relayed(
+        self,
+        room: LocalRoom,
+        message: BusMessage,
+        recipients: Iterable[Peer],
+        *,
+        sender: str | None,
+    ) -> None:
+        """Deliver a frame relayed on another instance (or while a member was joining),
+        in a span under its publish span when the trace is sampled."""
+        if self._tracing and message.traceparent:
+            with self._spans.deliver(
+                room.room_id,
+                traceparent=message.traceparent,
+                relay_type=message.relay_type,
+                sender=message.user_id,
+                target=message.target,
+            ) as span:
+                delivered = self._count(recipients, message.frame, message.relay_type, sender)
+                span.set_attribute(span_names.DELIVERED, delivered)
+        else:
+            delivered = self._count(recipients, message.frame, message.relay_type, sender)
+        self._record_relayed(message, delivered)
 
     def _record_relayed(self, message: BusMessage, delivered: int) -> None:
         """Relay metrics for a frame relayed on another instance (or before a join): its

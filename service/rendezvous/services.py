@@ -11,6 +11,7 @@ from rendezvous.hub import Hub
 from rendezvous.policy.live import LivePolicy
 from rendezvous.settings import Settings
 from rendezvous.telemetry.metrics import Metrics
+from rendezvous.telemetry.spans import SignalingSpans
 from rendezvous.turn.ice_servers import IceServerProvider
 
 
@@ -24,4 +25,5 @@ class Services:
     metrics: Metrics
     policy: LivePolicy  # the runtime policy in force, swapped whole on each reload
     drainer: Drainer
+    spans: SignalingSpans  # the service's own spans (no-ops when tracing is off)
     connections: int = 0  # WebSockets in a handshake or open, for WEBRTC_MAX_CONNECTIONS

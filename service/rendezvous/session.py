@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry.trace import Span
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rendezvous.auth import Identity
@@ -34,7 +35,9 @@ from rendezvous.protocol import (
     parse_client_frame,
 )
 from rendezvous.serving import CONNECTION_EXTENSION, ConnectionControl
+from rendezvous.telemetry import spans as span_names
 from rendezvous.telemetry.metrics import Metrics
+from rendezvous.telemetry.spans import SignalingSpans, current, mark_refused
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class Session:
         hub: Hub,
         policy: LivePolicy,
         metrics: Metrics,
+        spans: SignalingSpans,
         debug: bool = False,
     ) -> None:
         self._websocket = websocket
@@ -65,6 +69,9 @@ class Session:
         self._policy = policy
         self._metrics = metrics
         self._relays = metrics.relays
+        self._spans = spans
+        self._tracing = spans.enabled
+        self._connection_span = spans.connection()  # what each relay span links to
         self._loop = asyncio.get_running_loop()
         self.member = Member(identity.user_id, identity.username, secrets.token_hex(8))
         self._connection: ConnectionControl | None = websocket.scope.get("extensions", {}).get(
@@ -86,14 +93,18 @@ class Session:
 
     # Lifecycle.
 
-    async def run(self, *, capacity: int) -> None:
-        """Join, relay until the socket ends, leave. Never raises for a client's doing."""
+    async def run(self, *, capacity: int, join_span: Span) -> None:
+        """Join, relay until the socket ends, leave. Never raises for a client's doing.
+
+        `join_span`, begun by admission, ends once the join is decided."""
         writer = asyncio.create_task(
             self._write(), name=f"rendezvous.send:{self.member.session_id}"
         )
         try:
             try:
-                self._room = await self._hub.join(self, self._room_id, capacity=capacity)
+                with current(join_span, end=True):
+                    self._room = await self._hub.join(self, self._room_id, capacity=capacity)
+                    join_span.set_attribute(span_names.OUTCOME, "joined")
             except SignalingError as error:
                 self.close(error)
                 return
@@ -213,6 +224,13 @@ class Session:
                 self._on_frame(room, message)
 
     def _on_frame(self, room: LocalRoom, message: Mapping[str, Any]) -> None:
+        if self._tracing:
+            with current(span := self._spans.relay(self._connection_span), end=True):
+                self._handle(room, message, span)
+        else:
+            self._handle(room, message, None)
+
+    def _handle(self, room: LocalRoom, message: Mapping[str, Any], span: Span | None) -> None:
         received_at = time.perf_counter()  # the loop's clock may be coarse (uvloop: 1 ms)
         now = self._loop.time()
         self._last_frame_at = now
@@ -226,6 +244,8 @@ class Session:
                 raise invalid("binary frames are not accepted; send JSON text")
             self._check_size(text)
             kind, payload = parse_client_frame(text, room_id=self._room_id)
+            if span is not None:
+                self._describe(span, kind, payload, text)
             if kind is MessageType.PING:
                 self.deliver(encode(MessageType.PONG, payload, room_id=self._room_id))
             else:
@@ -235,16 +255,38 @@ class Session:
                 delivered = self._hub.relay(self, room, kind, payload)
                 if delivered:
                     self._relays[kind].record(delivered, time.perf_counter() - received_at)
+                if span is not None:
+                    span.set_attributes(
+                        {span_names.OUTCOME: "relayed", span_names.DELIVERED: delivered}
+                    )
             self._metrics.message_ok(kind)
             if self._debug:
                 log.debug("%s relayed", kind, extra=self._log_context())
         except SignalingError as error:
             self._metrics.refused(kind, error.code.value)
+            if span is not None:
+                mark_refused(span, error)
             if error.close_code is not None:
                 self.close(error)
             else:
                 self._metrics.error(error.code.value)
                 self.deliver(error_frame(error, room_id=self._room_id))
+
+    def _describe(self, span: Span, kind: str, payload: Mapping[str, Any], text: str) -> None:
+        """What a relay span says of its frame: never the body, only its size in bytes."""
+        span.set_attributes(
+            {
+                span_names.ROOM_ID: self._room_id,
+                span_names.MESSAGE_TYPE: kind,
+                span_names.SENDER_ID: self.member.user_id,
+                span_names.BODY_SIZE: len(text) if text.isascii() else len(text.encode()),
+            }
+        )
+        target = payload.get("target_user_id")
+        if target is not None:
+            span.set_attribute(span_names.TARGET_ID, target)
+        if kind is MessageType.PING:
+            span.set_attribute(span_names.OUTCOME, "pong")
 
     def _retune(self, limits: SessionLimits) -> None:
         """A new policy version is in force: its limits apply from this frame on."""

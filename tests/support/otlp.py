@@ -38,7 +38,10 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     status_code: str = "UNSET"
+    status_message: str = ""
     events: list[str] = field(default_factory=list)
+    event_attributes: list[dict[str, Any]] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (trace_id, span_id)
 
 
 class OtlpReceiver(Component):
@@ -137,7 +140,10 @@ def _span(span: Span, *, resource: dict[str, Any]) -> ReceivedSpan:
         attributes=_attributes(span.attributes),
         resource=resource,
         status_code=Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
+        status_message=span.status.message,
         events=[event.name for event in span.events],
+        event_attributes=[_attributes(event.attributes) for event in span.events],
+        links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
     )
 
 

@@ -8,6 +8,8 @@ from fastapi.responses import PlainTextResponse
 from rendezvous.api.deps import ServicesDep, bearer_token
 from rendezvous.protocol import ErrorCode, SignalingError, error_frame, is_valid_room_id
 from rendezvous.session import Session
+from rendezvous.telemetry import spans as span_names
+from rendezvous.telemetry.spans import current
 
 router = APIRouter()
 
@@ -41,15 +43,28 @@ async def signaling(websocket: WebSocket, room_id: str, services: ServicesDep) -
 
 
 async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> None:
+    spans = services.spans
+    join_span = spans.join(room_id[:128])
     try:
-        if not is_valid_room_id(room_id):
-            raise SignalingError(ErrorCode.FORBIDDEN_ROOM, "room ids match ^[A-Za-z0-9-]{1,64}$")
-        identity = await services.authenticator.authenticate(_token(websocket))
-        if not identity.may_enter(room_id):
-            raise SignalingError(ErrorCode.FORBIDDEN_ROOM, "your token does not grant this room")
+        with current(join_span, end=False):
+            if not is_valid_room_id(room_id):
+                raise SignalingError(
+                    ErrorCode.FORBIDDEN_ROOM, "room ids match ^[A-Za-z0-9-]{1,64}$"
+                )
+            with spans.auth():
+                identity = await services.authenticator.authenticate(_token(websocket))
+            join_span.set_attribute(span_names.USER_ID, identity.user_id)
+            if not identity.may_enter(room_id):
+                raise SignalingError(
+                    ErrorCode.FORBIDDEN_ROOM, "your token does not grant this room"
+                )
     except SignalingError as error:
+        join_span.end()
         await _reject(websocket, room_id, error)
         return
+    except BaseException:
+        join_span.end()
+        raise
     session = Session(
         websocket,
         identity,
@@ -57,9 +72,10 @@ async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> N
         hub=services.hub,
         policy=services.policy,
         metrics=services.metrics,
+        spans=spans,
         debug=services.settings.debug,
     )
-    await session.run(capacity=services.policy.rooms.for_room(room_id))
+    await session.run(capacity=services.policy.rooms.for_room(room_id), join_span=join_span)
 
 
 def _token(websocket: WebSocket) -> str | None:

@@ -21,6 +21,7 @@ from opentelemetry import trace
 from rendezvous import __version__
 from rendezvous.settings import ConfigError
 from rendezvous.telemetry.logging import redact
+from rendezvous.telemetry.spans import SignalingSpans
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -154,6 +155,10 @@ class Tracing:
         self.provider = provider
         self.exporters: tuple[SpanExporter, ...] = tuple(exporters)
         self._processors: list[SpanProcessor] = []
+
+    def spans(self, *, bus: str) -> SignalingSpans:
+        """The service's own spans, `bus` naming the backend in publish/deliver spans."""
+        return SignalingSpans(self.tracer, enabled=self.enabled, bus=bus)
 
     @classmethod
     def disabled(cls) -> Tracing:
