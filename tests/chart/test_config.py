@@ -13,6 +13,7 @@ import pytest
 from rendezvous.policy.document import parse_policy
 from rendezvous.policy.effective import resolve
 from rendezvous.settings import Settings, load_settings
+from rendezvous.telemetry import tracing
 from rendezvous.turn.sidecar_settings import SidecarSettings, load_sidecar_settings
 from tests.chart import support
 
@@ -20,6 +21,9 @@ SCENARIOS = sorted(support.scenarios())
 # A fixed key, so two renders differ only by what a test changes (a generated one differs
 # every time offline, and so would its checksum).
 FIXED_KEY = {"jwt": {"secretKey": "k" * 40}}
+# What the tracing block adds beyond Settings: the OTEL_* variables the service's tracing
+# reads, the headers the SDK reads itself, and the Downward API variables they expand.
+TRACING_VARIABLES = {*tracing.VARIABLES, "OTEL_EXPORTER_OTLP_HEADERS", "POD_NAME", "POD_NAMESPACE"}
 
 
 def sha256(text: str) -> str:
@@ -115,9 +119,11 @@ def test_service_environment_is_what_the_service_reads(
     scenario_renders: dict[str, support.Manifests], scenario: str
 ) -> None:
     """Every variable the signaling container gets is one rendezvous.settings.Settings
-    reads (by its alias), and every one the sidecar gets, one SidecarSettings reads."""
+    reads (by its alias) or its tracing reads, and every one the sidecar gets, one
+    SidecarSettings reads."""
     manifests = scenario_renders[scenario]
-    assert set(manifests.environment(manifests.container("rendezvous"))) <= aliases(Settings)
+    service = set(manifests.environment(manifests.container("rendezvous")))
+    assert service <= aliases(Settings) | TRACING_VARIABLES
     for container in manifests.pod["containers"][1:]:
         assert container["name"] == "turn-sidecar"
         assert set(manifests.environment(container)) <= aliases(SidecarSettings)
@@ -125,15 +131,20 @@ def test_service_environment_is_what_the_service_reads(
 
 def environment_values(manifests: support.Manifests, container: support.Doc) -> dict[str, str]:
     """The container's variables as the kubelet would set them, secret references resolved
-    from the rendered Secrets (or a stand-in for a Secret made outside the chart)."""
+    from the rendered Secrets (or a stand-in for a Secret made outside the chart), pod
+    fields from a stand-in pod."""
     secrets = {s["metadata"]["name"]: support.decoded(s) for s in manifests.all("Secret")}
     stand_ins = {
         "REDIS_URL": "redis://:pw@redis.example.internal:6379/0",
         "WEBRTC_TURN_SECRET": "t",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=k",
     }
+    pod_fields = {"metadata.name": "rv-rendezvous-0", "metadata.namespace": support.NAMESPACE}
     values = {}
     for name, value in manifests.environment(container).items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "fieldRef" in value:
+            value = pod_fields[value["fieldRef"]["fieldPath"]]
+        elif isinstance(value, dict):
             ref = value["secretKeyRef"]
             value = secrets.get(ref["name"], {}).get(ref["key"]) or stand_ins[name]
         values[name] = value
@@ -222,6 +233,7 @@ def test_secrets_reach_containers_by_secret_key_ref(chart: helm.Chart) -> None:
 SECRET_VARIABLES = {
     "JWT_SECRET_KEY", "REDIS_URL", "REDIS_PASSWORD", "REDISCLI_AUTH",
     "WEBRTC_TURN_SECRET", "WEBRTC_TURN_CREDENTIAL",
+    "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
 }  # fmt: skip
 
 

@@ -83,8 +83,12 @@ def test_turn_secret_never_reaches_the_service_beside_a_sidecar(
         name for name, v in volumes(manifests).items() if "secret" in v or "projected" in v
     }
     assert not secret_volumes & set(mounts(service))
-    refs = [v for v in service.get("env", []) if "valueFrom" in v]
-    assert all(r["valueFrom"]["secretKeyRef"]["name"] != turn_secret for r in refs)
+    refs = [
+        v["valueFrom"]["secretKeyRef"]
+        for v in service.get("env", [])
+        if "valueFrom" in v and "secretKeyRef" in v["valueFrom"]
+    ]
+    assert all(ref["name"] != turn_secret for ref in refs)
 
 
 def test_pod_fsgroup_matches_the_image_user(defaults: support.Manifests) -> None:

@@ -222,14 +222,15 @@ def test_collector_receives_otlp_and_exports_to_jaeger(rendered: list[Doc]) -> N
 
 
 def test_dev_values_send_traces_to_the_collector(rendered: list[Doc], dev_values: Doc) -> None:
-    """The service's OTLP endpoint in the dev values is the collector's gRPC Service port."""
-    env = {e["name"]: e.get("value") for e in dev_values["extraEnv"]}
-    endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    """The service's OTLP endpoint in the dev values (the chart's tracing block) is the
+    collector's gRPC Service port."""
+    tracing = dev_values["tracing"]
+    assert tracing["enabled"] is True
+    endpoint = urlsplit(tracing["endpoint"])
     assert endpoint.scheme == "http" and endpoint.hostname and endpoint.port
     assert endpoint.hostname.startswith("otel-collector.")
     _service_port(rendered, endpoint.hostname, endpoint.port)
-    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
-    assert env["OTEL_SERVICE_NAME"]
+    assert tracing["protocol"] == "grpc"
 
 
 def test_jaeger_listens_beyond_loopback(rendered: list[Doc]) -> None:

@@ -16,6 +16,8 @@ readable line each (bitnami's validateValues pattern). Included by deployment.ya
 {{- $messages = append $messages (include "rendezvous.validateValues.pdb" .) -}}
 {{- $messages = append $messages (include "rendezvous.validateValues.httpRoute" .) -}}
 {{- $messages = append $messages (include "rendezvous.validateValues.policy" .) -}}
+{{- $messages = append $messages (include "rendezvous.validateValues.tracing" .) -}}
+{{- $messages = append $messages (include "rendezvous.validateValues.otlpHeaders" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -123,5 +125,46 @@ cannot make them, and a pod would refuse the policy (and fail to start) over the
 rendezvous: policy.limits.max_message_bytes ({{ $wanted }}) is above settings.maxMessageBytes ({{ .Values.settings.maxMessageBytes }}): a policy may lower the limit, never raise it. Raise settings.maxMessageBytes (it rolls the pods) or lower the policy's.
 {{- else if and (dig "ice" "turn_urls" nil .Values.policy) (not (include "rendezvous.turn.enabled" .)) -}}
 rendezvous: policy.ice.turn_urls needs a TURN credential source: enable turn.sidecar.enabled (with turn.urls), or set turn.urls so the service mints credentials itself.
+{{- end -}}
+{{- end -}}
+
+{{/*
+Tracing on needs somewhere to send the spans. extraEnv may not set what the block sets:
+Kubernetes keeps one of two same-named variables (which one depends on the tool that
+applies them) and server-side apply refuses them, so either could silently win.
+*/}}
+{{- define "rendezvous.validateValues.tracing" -}}
+{{- $tracing := .Values.tracing -}}
+{{- if $tracing.enabled -}}
+{{- $owned := include "rendezvous.tracing.ownedVariables" . | fromJsonArray -}}
+{{- $clashes := list -}}
+{{- range .Values.extraEnv -}}
+{{- if has .name $owned }}{{ $clashes = append $clashes .name }}{{ end -}}
+{{- end -}}
+{{- $reserved := include "rendezvous.tracing.reservedAttributes" . | fromJsonArray -}}
+{{- $taken := list -}}
+{{- range $key, $_ := $tracing.resourceAttributes -}}
+{{- if has $key $reserved }}{{ $taken = append $taken $key }}{{ end -}}
+{{- end -}}
+{{- if not $tracing.endpoint -}}
+rendezvous: tracing.enabled needs tracing.endpoint, the collector's OTLP URL (e.g. http://otel-collector.observability:4318 with protocol http/protobuf, or :4317 with grpc).
+{{- else if $clashes -}}
+rendezvous: extraEnv sets {{ $clashes | uniq | join ", " }}, which tracing.enabled sets (or overrides) from the tracing block: remove {{ if gt (len ($clashes | uniq)) 1 }}them{{ else }}it{{ end }} from extraEnv and use tracing.* (endpoint, protocol, serviceName, sampler, samplerArg, resourceAttributes, headersSecret); POD_NAME and POD_NAMESPACE come from the pod, and extraEnv may refer to them as $(POD_NAME) and $(POD_NAMESPACE).
+{{- else if $taken -}}
+rendezvous: tracing.resourceAttributes sets {{ $taken | join ", " }}: the chart sets the k8s.* ones from the pod, tracing.serviceName is service.name, and the service sets service.instance.id and service.version itself. Remove {{ if gt (len $taken) 1 }}them{{ else }}it{{ end }}.
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* OTLP headers carry the collector's credentials: a Secret reference, never a value. */}}
+{{- define "rendezvous.validateValues.otlpHeaders" -}}
+{{- $plain := list -}}
+{{- range .Values.extraEnv -}}
+{{- if and (has .name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS")) (hasKey . "value") -}}
+{{- $plain = append $plain .name -}}
+{{- end -}}
+{{- end -}}
+{{- if $plain -}}
+rendezvous: extraEnv gives {{ $plain | join ", " }} as a plain value: OTLP headers carry the collector's credentials, which never belong in values or the pod spec. Put them in a Secret and set tracing.headersSecret (or use valueFrom.secretKeyRef).
 {{- end -}}
 {{- end -}}
