@@ -1,10 +1,13 @@
 """`/metrics` over HTTP from real servers driven by real WebSocket clients: every counter
-moves by exactly what a scripted session did, the relay histogram counts every relayed
-message (on the instance that delivers it, across instances too), no label carries a
-room or user id, and the README's metrics table lists exactly what `/metrics` exports."""
+moves by exactly what a scripted session did (two instances sharing the in-process bus,
+or a real redis-server), the relay histogram counts every relayed message (on the
+instance that delivers it, across instances too), the backend publish histogram every
+message published, no label carries a room or user id, and the README's metrics table
+lists exactly what `/metrics` exports."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +24,8 @@ from rendezvous.bus import BusKind, BusMessage, decode_bus, encode_bus
 from rendezvous.protocol import RELAYED_TYPES, MessageType, encode
 from rendezvous.settings import Settings
 from tests.support.client import Client, joined
+from tests.support.redis import RedisServer
+from tests.support.redis import redis_server as redis_server  # a fixture, for getfixturevalue
 from tests.support.server import RunningServer, running_server, test_settings
 from tests.support.tokens import token
 
@@ -32,6 +38,9 @@ CANDIDATE = "candidate:1 1 UDP 2122252543 127.0.0.1 50000 typ host"
 BURST = 20  # tokens per connection; the refill rate below adds none during a test
 EXTRA_PINGS = 5  # a burst this far over BURST is refused
 MAX_MESSAGE_BYTES = 2048
+# A publish is observed when Redis's reply is read, which may come just after the message
+# reached the other instance's clients: its count is awaited, then asserted exactly.
+PUBLISH_SETTLE_SECONDS = 10.0
 
 Key = tuple[str, frozenset[tuple[str, str]]]
 
@@ -80,11 +89,12 @@ async def scrape(server: RunningServer) -> Scrape:
     return Scrape(response.text)
 
 
-def settings() -> Settings:
+def settings(**overrides: Any) -> Settings:
     return test_settings(
         rate_limit_per_second=0.001,
         rate_limit_burst=BURST,
         max_message_bytes=MAX_MESSAGE_BYTES,
+        **overrides,
     )
 
 
@@ -103,8 +113,19 @@ def candidate(target: str | None = None) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def two_instances() -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    """Two servers sharing one in-process broker, as two pods share Redis."""
+async def two_instances(
+    store: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    """Two servers sharing a real redis-server, or one in-process broker as two pods
+    share Redis."""
+    if store == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        async with (
+            running_server(settings(redis_url=server.url)) as one,
+            running_server(settings(redis_url=server.url)) as two,
+        ):
+            yield one, two
+        return
     broker = MemoryBroker()
     async with (
         running_server(
@@ -132,9 +153,24 @@ async def room_across(one: RunningServer, two: RunningServer) -> AsyncIterator[d
         yield clients
 
 
-async def test_counters_move_by_exactly_what_a_scripted_session_did() -> None:
+async def publishes_settled(server: RunningServer, count: float) -> None:
+    """Wait until `server` has observed `count` backend publishes in all."""
+    async with asyncio.timeout(PUBLISH_SETTLE_SECONDS):
+        while (await scrape(server)).value("rendezvous_backend_publish_seconds_count") < count:
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_counters_move_by_exactly_what_a_scripted_session_did(
+    store: str, request: pytest.FixtureRequest
+) -> None:
     alice_id, bob_id, _, dave_id = USERS
-    async with two_instances() as (one, two):
+    publish_count = "rendezvous_backend_publish_seconds_count"
+    # Published to the bus by the first instance: three joins, the offer to dave, the
+    # broadcast (dave is elsewhere) and bob's departure; by the second: dave's join and
+    # his answer. Relays between members of one instance never reach the bus.
+    published = (6, 2)
+    async with two_instances(store, request) as (one, two):
         before = (await scrape(one), await scrape(two))
         async with room_across(one, two) as clients:
             alice, bob, carol, dave = (clients[user] for user in USERS)
@@ -175,6 +211,8 @@ async def test_counters_move_by_exactly_what_a_scripted_session_did() -> None:
             await bob.expect_close(1009)
             for member in (alice, carol, dave):
                 assert (await member.expect("user_left"))["payload"]["user_id"] == bob_id
+            for server, scraped, expected in zip((one, two), before, published, strict=True):
+                await publishes_settled(server, scraped.value(publish_count) + expected)
             after = (await scrape(one), await scrape(two))
 
     messages = "rendezvous_messages_total"
@@ -222,6 +260,17 @@ async def test_counters_move_by_exactly_what_a_scripted_session_did() -> None:
             assert scraped.value(bucket, type=kind.value, le="+Inf") == count
     local_sum = after[0].value("rendezvous_relay_latency_seconds_sum", type="offer")
     assert local_sum > 0  # measured, not a constant
+
+    # Every message published is observed once, on the publishing instance.
+    for scraped, previously, expected in zip(after, before, published, strict=True):
+        assert delta(scraped, previously, "rendezvous_backend_publish_seconds_count") == {
+            key(publish_count): expected
+        }
+        assert scraped.value(publish_count) == scraped.value(
+            "rendezvous_backend_publish_seconds_bucket", le="+Inf"
+        )
+        assert scraped.value("rendezvous_backend_publish_seconds_sum") > 0
+        assert scraped.value("rendezvous_backend_publish_dropped_total") == 0
 
     one_after, two_after = after
     assert delta(one_after, before[0], "rendezvous_errors") == {

@@ -160,6 +160,8 @@ async def test_expressions_name_only_exported_metrics(enabled: support.Manifests
     # The sanity check of the check: a made-up name is refused.
     assert family_of("rendezvous_made_up_total", families) not in families
     assert "rendezvous_relay_latency_seconds" in used
+    # Exported with the default, in-process backend too (no Redis behind this server).
+    assert "rendezvous_backend_publish_seconds" in used
 
 
 def test_panels_cover_what_operators_need(enabled: support.Manifests) -> None:
@@ -172,11 +174,12 @@ def test_panels_cover_what_operators_need(enabled: support.Manifests) -> None:
     assert some(r"\brendezvous_rooms\b") and some(r"\brendezvous_participants\b")
     assert some(r"by \(type\) \(rate\(rendezvous_messages_total\b")
     assert some(r"by \(type\) \(rate\(rendezvous_messages_relayed_total\b")
-    for quantile in ("0.5", "0.99"):
-        assert some(
-            rf"histogram_quantile\({quantile}, sum by \(le\) "
-            r"\(rate\(rendezvous_relay_latency_seconds_bucket\{[^}]*\}\[5m\]\)\)\)"
-        ), quantile
+    for histogram in ("rendezvous_relay_latency_seconds", "rendezvous_backend_publish_seconds"):
+        for quantile in ("0.5", "0.99"):
+            assert some(
+                rf"histogram_quantile\({quantile}, sum by \(le\) "
+                rf"\(rate\({histogram}_bucket\{{[^}}]*\}}\[5m\]\)\)\)"
+            ), (histogram, quantile)
     assert some(r"by \(code\) \(rate\(rendezvous_errors_total\b")
     assert some(r"by \(reason\) \(rate\(rendezvous_messages_dropped_total\b")
     assert some(r"\brendezvous_backend_up\b")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rendezvous.protocol import CloseCode, ErrorCode, SignalingError
+from rendezvous.telemetry.histogram import LatencyHistogram
 
 BusHandler = Callable[[str, bytes], None]
 """Called with (room_id, data) for every bus message another instance published."""
@@ -61,6 +62,9 @@ class Backend(abc.ABC):
     """Shared state between instances. One per process; `instance_id` names it on the bus."""
 
     instance_id: str
+    publish_latency: LatencyHistogram
+    """Seconds from `publish` to the store taking the message, once per message that
+    reached it (never one in `dropped_publishes`); the backend creates it, /metrics reads it."""
 
     @abc.abstractmethod
     async def start(

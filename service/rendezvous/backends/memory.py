@@ -4,6 +4,11 @@ Several MemoryBackends may share one MemoryBroker, as instances share one Redis;
 contract tests use that to prove cross-instance behaviour without a network. Each
 operation below runs without an await, so under asyncio it is atomic by construction:
 that is this backend's lock.
+
+`publish_latency` runs from `publish` to the moment the loop has handed the message to
+every listener, which is what Redis's acknowledgement stands for. Every publish is
+observed, with listeners or without (Redis acknowledges a PUBLISH nobody hears too), so
+a single instance in development shows the metric moving.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from rendezvous.backends.base import (
     Member,
     RoomFullError,
 )
+from rendezvous.telemetry.histogram import PUBLISH_LATENCY_BUCKETS_SECONDS, LatencyHistogram
 
 Clock = Callable[[], float]
 
@@ -47,6 +53,7 @@ class MemoryBackend(Backend):
         self._broker = broker if broker is not None else MemoryBroker()
         self._on_message: BusHandler | None = None
         self._rooms: set[str] = set()
+        self.publish_latency = LatencyHistogram(PUBLISH_LATENCY_BUCKETS_SECONDS)
 
     async def start(
         self, on_message: BusHandler, on_recovered: Callable[[], None] | None = None
@@ -82,6 +89,11 @@ class MemoryBackend(Backend):
             if listener is not self:
                 # call_soon keeps publish order and, like a real bus, delivers later.
                 loop.call_soon(listener._deliver, room_id, data)
+        # Scheduled last, so it runs once the deliveries above have.
+        loop.call_soon(self._handed_over, time.perf_counter())
+
+    def _handed_over(self, queued_at: float) -> None:
+        self.publish_latency.observe(time.perf_counter() - queued_at)
 
     def _deliver(self, room_id: str, data: bytes) -> None:
         if self._on_message is not None and room_id in self._rooms:

@@ -43,6 +43,7 @@ from rendezvous.backends.redis_listening import (
 )
 from rendezvous.backends.redis_writing import OrderedWriter
 from rendezvous.redis_url import RedisMode, RedisTarget
+from rendezvous.telemetry.histogram import PUBLISH_LATENCY_BUCKETS_SECONDS, LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class RedisBackend(Backend):
         self._on_message: BusHandler | None = None
         self._on_recovered: Callable[[], None] | None = None
         self._discovery: asyncio.Task[None] | None = None
+        # Shared by every writer: a Cluster has one per primary, /metrics one histogram.
+        self.publish_latency = LatencyHistogram(PUBLISH_LATENCY_BUCKETS_SECONDS)
 
     # Lifecycle.
 
@@ -289,7 +292,10 @@ class RedisBackend(Backend):
             on_up=lambda: self._shard_up(name),
         )
         writer = OrderedWriter(
-            node, client_name=self._client_name("publish"), max_queued=PUBLISH_QUEUE_MAX_MESSAGES
+            node,
+            client_name=self._client_name("publish"),
+            max_queued=PUBLISH_QUEUE_MAX_MESSAGES,
+            latency=self.publish_latency,
         )
         shard = self._shards[name] = _Shard(name, listener, writer)
         for activity, run in (("listen", listener.run), ("publish", writer.run)):

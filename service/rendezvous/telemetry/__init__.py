@@ -1,1 +1,1 @@
-"""Metrics and logging (tracing arrives with the observability issue)."""
+"""Metrics, logs and traces: what operators see of the service."""

@@ -1,14 +1,14 @@
 """Prometheus metrics, one registry per app so that several apps can share a process.
 
 The per-message metrics stay cheap: label children are bound once and reused, and what
-is counted per relayed message (deliveries and relay latency) is kept in plain numbers
-rendered at scrape time, free of prometheus_client's per-increment lock. Every update
-and every scrape runs on the event loop's thread.
+is counted per relayed or published message (deliveries, relay and publish latency) is
+kept in plain numbers (`LatencyHistogram`) rendered at scrape time, free of
+prometheus_client's per-increment lock. Every update and every scrape runs on the event
+loop's thread.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -20,10 +20,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from rendezvous.backends.base import Backend
 from rendezvous.protocol import RELAYED_TYPES
+from rendezvous.telemetry.histogram import LatencyHistogram
 
 # Signaling latency: a relay within an instance takes tens of microseconds, one through
 # Redis around a millisecond; seconds mean a stalled loop or a backlog.
@@ -46,21 +46,19 @@ RELAY_LATENCY_BUCKETS_SECONDS = (
 )
 
 
-class RelayStats:
+class RelayStats(LatencyHistogram):
     """Deliveries and relay latency of one message type."""
 
-    __slots__ = ("buckets", "delivered", "latency_sum")
+    __slots__ = ("delivered",)
 
     def __init__(self) -> None:
+        super().__init__(RELAY_LATENCY_BUCKETS_SECONDS)
         self.delivered = 0
-        self.buckets = [0] * (len(RELAY_LATENCY_BUCKETS_SECONDS) + 1)  # the last is +Inf
-        self.latency_sum = 0.0
 
     def record(self, deliveries: int, seconds: float) -> None:
         """One relayed message, queued for `deliveries` sockets `seconds` after receipt."""
         self.delivered += deliveries
-        self.buckets[bisect_left(RELAY_LATENCY_BUCKETS_SECONDS, seconds)] += 1
-        self.latency_sum += seconds
+        self.observe(seconds)
 
 
 class Metrics:
@@ -171,14 +169,9 @@ class _RelayCollector(Collector):
             "From a frame's receipt (on any instance) to its queueing for the recipients here",
             labels=["type"],
         )
-        bounds = [*map(floatToGoString, RELAY_LATENCY_BUCKETS_SECONDS), "+Inf"]
         for kind, stats in sorted(self._relays.items()):
             delivered.add_metric([kind], stats.delivered)
-            cumulative, running = [], 0
-            for bound, count in zip(bounds, stats.buckets, strict=True):
-                running += count
-                cumulative.append((bound, float(running)))
-            latency.add_metric([kind], cumulative, sum_value=stats.latency_sum)
+            latency.add_metric([kind], stats.cumulative(), sum_value=stats.sum)
         yield delivered
         yield latency
 
@@ -201,4 +194,11 @@ class _BackendCollector(Collector):
             "rendezvous_backend_publish_dropped",
             "Messages lost on a broken link to the shared backend",
             value=backend.dropped_publishes,
+        )
+        latency = backend.publish_latency
+        yield HistogramMetricFamily(
+            "rendezvous_backend_publish_seconds",
+            "From a message's queueing for the shared backend to its acknowledgement",
+            buckets=latency.cumulative(),
+            sum_value=latency.sum,
         )
