@@ -4,17 +4,21 @@ plus the redaction filter and JSON formatter on their own."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from rendezvous.telemetry.logging import REDACTED, JsonFormatter, RedactTokens, redact
+from rendezvous.telemetry.logging import REDACTED, JsonFormatter, RedactTokens, Throttle, redact
 from tests.support.client import connect, joined
+from tests.support.instances import instance_env, running_instances
 from tests.support.process import cli_env, serving
+from tests.support.redis import RedisServer, redis_server  # noqa: F401
 from tests.support.tokens import token
 
 SECRET = "logging-secret-" + "w" * 40
@@ -162,3 +166,145 @@ def test_a_line_logged_inside_a_span_names_its_trace_and_span() -> None:
     assert inside["span_id"] == format(context.span_id, "016x")
     outside = record_through_handler("relayed")
     assert "trace_id" not in outside and "span_id" not in outside
+
+
+# The events a session goes through, at the levels SEED.md gives, never with a body.
+
+SDP_MARKER = "a=never-in-a-log-line"
+SDP = f"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n{SDP_MARKER}\r\nt=0 0\r\n"
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def events(lines: list[dict[str, Any]], message: str) -> list[dict[str, Any]]:
+    return [line for line in lines if line["message"] == message]
+
+
+async def play_a_call(ws: str, *, secret: str) -> None:
+    """Three members; an offer, an answer and a candidate relayed, each with an SDP body;
+    a frame refused for its target, a malformed one and an oversize one (which closes its
+    socket), each carrying the body too; a connection refused for its token."""
+    async with joined(f"{ws}?token={token('alice', secret=secret)}") as (alice, _):
+        async with joined(f"{ws}?token={token('bob', secret=secret)}") as (bob, _):
+            await alice.expect("user_joined")
+            await alice.send(
+                {"type": "offer", "payload": {"type": "offer", "sdp": SDP, "target_user_id": "bob"}}
+            )
+            await bob.expect("offer")
+            await bob.send({"type": "answer", "payload": {"type": "answer", "sdp": SDP}})
+            await alice.expect("answer")
+            candidate = {"candidate": SDP_MARKER, "sdpMid": "0", "sdpMLineIndex": 0}
+            await alice.send({"type": "ice_candidate", "payload": candidate})
+            await bob.expect("ice_candidate")
+            await alice.send(
+                {"type": "offer", "payload": {"type": "offer", "sdp": SDP, "target_user_id": "eve"}}
+            )
+            await alice.expect_error("target_not_found")
+            await alice.connection.send('{"type": "offer", "payload": {"sdp": "' + SDP_MARKER)
+            await alice.expect_error("invalid_message")
+            async with joined(f"{ws}?token={token('carol', secret=secret)}") as (carol, _):
+                await carol.connection.send(json.dumps({"type": "offer", "sdp": SDP * 1500}))
+                await carol.expect_error("message_too_large")
+            await alice.expect("user_joined")
+            await alice.expect("user_left")
+        await alice.expect("user_left")
+    async with connect(f"{ws}?token=not-a-jwt-{SDP_MARKER}") as stranger:
+        await stranger.expect_error("unauthorized")
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["info", "debug"])
+async def test_session_events_are_logged_at_seed_levels_without_a_body(
+    tmp_path: Path, debug: bool
+) -> None:
+    env = cli_env(tmp_path, JWT_SECRET_KEY=SECRET, WEBRTC_STUN_URLS="", DEBUG=str(debug).lower())
+    async with serving(env=env, log_dir=tmp_path / "serve") as served:
+        await play_a_call(f"ws://127.0.0.1:{served.port}/webrtc/ws/demo", secret=SECRET)
+        output = served.output()
+    lines = json_lines(output)
+    assert SDP_MARKER not in output
+    instance_id = events(lines, "rendezvous started")[0]["instance_id"]
+    assert all(line.get("instance_id") == instance_id for line in lines)
+
+    connected = events(lines, "WebSocket connected")
+    joined_ = events(lines, "participant joined")
+    left = events(lines, "participant left")
+    for found in (connected, joined_, left):
+        assert [(line["level"], line["room_id"]) for line in found] == [("info", "demo")] * 3
+    assert [line["user_id"] for line in connected] == ["alice", "bob", "carol"]
+    assert [(line["user_id"], line["participant_count"]) for line in joined_] == [
+        ("alice", 1),
+        ("bob", 2),
+        ("carol", 3),
+    ]
+    assert {(line["user_id"], line["reason"]) for line in left} == {
+        ("alice", "left"),
+        ("bob", "left"),
+        ("carol", "left"),
+    }
+    refused = events(lines, "WebSocket refused")
+    assert [(line["level"], line["code"]) for line in refused] == [("info", "unauthorized")]
+
+    routed = [line for line in lines if line["message"].startswith("Forwarded ")]
+    refusals = [line for line in lines if line["message"].startswith("Refused ")]
+    if not debug:
+        assert [line for line in lines if line["level"] == "debug"] == []
+        return
+    assert [
+        (line["level"], line["sender_id"], line["message_type"], line["target_user_id"])
+        for line in routed
+    ] == [
+        ("debug", "alice", "offer", "bob"),
+        ("debug", "bob", "answer", None),
+        ("debug", "alice", "ice_candidate", None),
+    ]
+    assert all(line["room_id"] == "demo" and line["delivered"] == 1 for line in routed)
+    assert [(line["message"], line["code"]) for line in refusals] == [
+        ("Refused offer", "target_not_found"),
+        ("Refused invalid", "invalid_message"),
+        ("Refused invalid", "message_too_large"),
+    ]
+
+
+async def test_a_failed_publish_is_an_error_line_once_per_interval(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Redis is gone: every relay to another instance fails, each refused to its sender,
+    and the instance says so at ERROR once (folding in the rest), never with the body."""
+    env = instance_env(tmp_path, redis_url=redis_server.url)
+    async with running_instances(2, env=env, log_dir=tmp_path) as (a, b):
+        async with joined(a.ws_url("down", token("alice"))) as (alice, _):
+            async with joined(b.ws_url("down", token("bob"))):
+                await alice.expect("user_joined")
+                await redis_server.kill()
+                async with httpx.AsyncClient(base_url=a.http, timeout=5) as http:
+                    deadline = asyncio.get_running_loop().time() + 10
+                    while (await http.get("/readyz")).status_code == 200:
+                        assert asyncio.get_running_loop().time() < deadline, "still ready"
+                        await asyncio.sleep(0.05)
+                payload = {"type": "offer", "sdp": SDP, "target_user_id": "bob"}
+                for _ in range(5):
+                    await alice.send({"type": "offer", "payload": payload})
+                    await alice.expect_error("backend_unavailable")
+        output = a.output()
+    lines = json_lines(output)
+    assert SDP_MARKER not in output
+    failures = events(lines, "Failed to publish message")
+    assert [(line["level"], line["failures"]) for line in failures] == [("error", 1)], failures
+    assert failures[0]["room_id"] == "down" and failures[0]["sender_id"] == "alice"
+    assert failures[0]["message_type"] == "offer"
+    assert any(line["level"] == "warning" and "redis" in line["message"] for line in lines)
+
+
+def test_the_throttle_folds_a_burst_into_one_line_per_interval() -> None:
+    now = [0.0]
+    throttle = Throttle(10.0, clock=lambda: now[0])
+    assert [throttle.due() for _ in range(4)] == [1, None, None, None]
+    now[0] = 9.9
+    assert throttle.due() is None
+    now[0] = 10.0
+    assert throttle.due() == 5  # the four folded in, and this one
+    now[0] = 25.0
+    assert throttle.due() == 1

@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         metrics=metrics,
         spans=spans,
         join_buffer_limit=lambda: policy.limits.queue_max_messages,
+        debug=settings.debug,
     )
     app.state.services = Services(
         settings=settings,

@@ -31,6 +31,7 @@ from rendezvous.protocol import (
     encode,
 )
 from rendezvous.telemetry import spans as span_names
+from rendezvous.telemetry.logging import Throttle
 from rendezvous.telemetry.metrics import Metrics
 from rendezvous.telemetry.spans import SignalingSpans
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # Why a frame was not queued for a recipient (a `reason` of rendezvous_messages_dropped):
 # its session is closing, or the frame overflowed its send queue (`slow_consumer`).
 RECIPIENT_CLOSED = "recipient_closed"
+PUBLISH_FAILURE_LOG_SECONDS = 10.0
 
 
 class Peer(Protocol):
@@ -111,11 +113,15 @@ class Hub:
         metrics: Metrics,
         spans: SignalingSpans,
         join_buffer_limit: Callable[[], int],
+        debug: bool = False,
     ) -> None:
         self._backend = backend
         self._metrics = metrics
         self._spans = spans
         self._tracing = spans.enabled  # per message: one test when tracing is off
+        self._debug = debug  # DEBUG=true: a line per message delivered from the bus
+        # While the bus is down every relay to another instance fails: one line per interval.
+        self._publish_failures = Throttle(PUBLISH_FAILURE_LOG_SECONDS)
         self._join_buffer_limit = join_buffer_limit  # read when used: the policy may change
         self._rooms: dict[str, LocalRoom] = {}
         self._relays = metrics.relays
@@ -172,6 +178,14 @@ class Hub:
             self._emit(room, self._event(room, result.replaced, LeaveReason.REPLACED))
         self._emit(room, self._event(room, member, None))
         self._update_gauges()
+        log.info(
+            "participant joined",
+            extra={
+                "room_id": room.room_id,
+                "user_id": member.user_id,
+                "participant_count": len(participants),
+            },
+        )
 
     def _replay(
         self, room: LocalRoom, peer: Peer, later: list[BusMessage], joining: _Joining
@@ -206,6 +220,15 @@ class Hub:
             self._emit(room, self._event(room, member, reason))
         await self._release(room)
         self._update_gauges()
+        log.info(
+            "participant left",
+            extra={
+                "room_id": room.room_id,
+                "user_id": member.user_id,
+                "reason": reason.value,
+                "announced": removed,  # False: replaced or reaped already, or the backend down
+            },
+        )
 
     def expired(self, room_id: str, member: Member) -> None:
         """Announce a member the reaper removed (its instance stopped refreshing it)."""
@@ -265,6 +288,17 @@ class Hub:
         try:
             self._backend.publish(room.room_id, encode_bus(message))
         except BackendUnavailableError as exc:
+            if (failures := self._publish_failures.due()) is not None:
+                log.error(
+                    "Failed to publish message",
+                    extra={
+                        "room_id": room.room_id,
+                        "sender_id": message.user_id,
+                        "message_type": message.relay_type,
+                        "error": str(exc),
+                        "failures": failures,
+                    },
+                )
             raise exc.to_signaling() from exc
 
     def on_bus_message(self, room_id: str, data: bytes) -> None:
@@ -284,6 +318,17 @@ class Hub:
             else:
                 recipients = room.sessions.values()
             self._deliver_relayed(room, message, recipients, sender=message.user_id)
+            if self._debug:
+                log.debug(
+                    "Delivered %s from another instance",
+                    message.relay_type,
+                    extra={
+                        "room_id": room_id,
+                        "sender_id": message.user_id,
+                        "message_type": message.relay_type,
+                        "target_user_id": message.target,
+                    },
+                )
         else:
             self._apply_event(room, message)
         if room.joining:

@@ -259,11 +259,15 @@ class Session:
                     span.set_attributes(
                         {span_names.OUTCOME: "relayed", span_names.DELIVERED: delivered}
                     )
+                if self._debug:
+                    self._log_routed(kind, payload, delivered)
             self._metrics.message_ok(kind)
-            if self._debug:
-                log.debug("%s relayed", kind, extra=self._log_context())
         except SignalingError as error:
             self._metrics.refused(kind, error.code.value)
+            if self._debug:
+                log.debug(
+                    "Refused %s", kind, extra={**self._log_context(), "code": error.code.value}
+                )
             if span is not None:
                 mark_refused(span, error)
             if error.close_code is not None:
@@ -313,6 +317,20 @@ class Session:
                 close_code=CloseCode.POLICY_VIOLATION,
             )
         raise SignalingError(ErrorCode.RATE_LIMITED, "rate limit exceeded; frame dropped")
+
+    def _log_routed(self, kind: str, payload: Mapping[str, Any], delivered: int) -> None:
+        """DEBUG=true: SEED.md's line per routed message (never its body)."""
+        log.debug(
+            "Forwarded %s",
+            kind,
+            extra={
+                "room_id": self._room_id,
+                "sender_id": self.member.user_id,
+                "message_type": kind,
+                "target_user_id": payload.get("target_user_id"),
+                "delivered": delivered,
+            },
+        )
 
     def _log_context(self) -> dict[str, str]:
         return {"room_id": self._room_id, "user_id": self.member.user_id}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import PlainTextResponse
 
@@ -11,6 +13,7 @@ from rendezvous.session import Session
 from rendezvous.telemetry import spans as span_names
 from rendezvous.telemetry.spans import current
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 SUBPROTOCOL = "rendezvous.v1"
@@ -58,6 +61,7 @@ async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> N
                 raise SignalingError(
                     ErrorCode.FORBIDDEN_ROOM, "your token does not grant this room"
                 )
+            log.info("WebSocket connected", extra={"room_id": room_id, "user_id": identity.user_id})
     except SignalingError as error:
         join_span.end()
         await _reject(websocket, room_id, error)
@@ -91,6 +95,8 @@ def _token(websocket: WebSocket) -> str | None:
 
 
 async def _reject(websocket: WebSocket, room_id: str, error: SignalingError) -> None:
+    """Refuse a connection: a client's doing, so INFO, with the code and never the token."""
+    log.info("WebSocket refused", extra={"room_id": room_id[:128], "code": error.code.value})
     services: ServicesDep = websocket.app.state.services
     services.metrics.error(error.code.value)
     await websocket.send_text(error_frame(error, room_id=room_id[:128]))

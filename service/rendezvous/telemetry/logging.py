@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +31,26 @@ def redact(text: str) -> str:
     for pattern in _TOKEN_PATTERNS:
         text = pattern.sub(rf"\g<1>{REDACTED}", text)
     return text
+
+
+class Throttle:
+    """For a failure that recurs per message: `due()` counts one occurrence and, at most
+    once per `interval` seconds, returns how many occurred since it last did (else None)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next = -math.inf
+        self._pending = 0
+
+    def due(self) -> int | None:
+        self._pending += 1
+        now = self._clock()
+        if now < self._next:
+            return None
+        self._next = now + self._interval
+        count, self._pending = self._pending, 0
+        return count
 
 
 class RedactTokens(logging.Filter):
