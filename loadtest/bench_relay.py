@@ -8,6 +8,12 @@ With `--redis`, it starts its own redis-server and two instances sharing it, and
 two members of every pair on different instances, so every offer crosses Redis; it then
 also prints the CPU of each instance and of redis-server.
 
+With `--tracing unsampled|sampled`, the servers export traces over OTLP/HTTP to a sink the
+benchmark starts (loadtest/otlp_sink.py), with the sampler always_off (the cost of the
+instrumentation alone) or always_on (every frame traced and exported); it then prints
+what the sink received. `--json PATH` also writes the figures; bench_tracing.py compares
+the three modes over several rounds.
+
 Everything runs on 127.0.0.1; the run stops by itself and always stops what it started.
 The clients run in their own process(es), so the servers' CPU figures are their own.
 """
@@ -34,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -43,6 +50,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from rendezvous.auth import mint_token
+from rendezvous.telemetry.spans import DELIVER, PUBLISH, RELAY
 
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_SECONDS = 20.0
@@ -57,6 +65,25 @@ DRAIN_GRACE_SECONDS = 1.0
 TOKEN_TTL_SECONDS = 3600
 # High enough never to drop a frame: this measures relaying, not the rate limiter.
 UNLIMITED_RATE = "1000000000"
+SINK_START_TIMEOUT_SECONDS = 10.0
+SINK_SCRIPT = Path(__file__).with_name("otlp_sink.py")
+# What the sink gets on top of the run's own length before it exits by itself.
+SINK_SPARE_SECONDS = 300.0
+# The warning the SDK's BatchSpanProcessor logs when its queue is full and it drops spans;
+# its logger lets the same warning through at most once per 20 s, so it says that spans
+# were dropped, not how many (spans missing at the sink say that).
+QUEUE_FULL_LOG = "Queue full, dropping"
+
+
+class TracingMode(StrEnum):
+    """What the servers' OTEL_* variables ask for (`--tracing`)."""
+
+    OFF = "off"  # no OTEL_* variable: tracing disabled, the baseline
+    UNSAMPLED = "unsampled"  # exporting to the sink, but no span sampled (always_off)
+    SAMPLED = "sampled"  # every span sampled and exported (always_on)
+
+
+SAMPLERS = {TracingMode.UNSAMPLED: "always_off", TracingMode.SAMPLED: "always_on"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,8 @@ class BenchConfig:
     client_processes: int
     port: int
     redis: bool
+    tracing: TracingMode = TracingMode.OFF
+    json_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -206,10 +235,14 @@ async def _drive(job: ClientJob, pipe: Connection) -> ClientReport:
                 await stack.enter_async_context(_connect(port, pair.room, token))
                 for port, token in zip(job.ports, pair.tokens, strict=True)
             ]
-            await _expect(first, "room_state")
-            await _expect(second, "room_state")
-            await _expect(first, "user_joined")
             a_user, b_user = pair.users
+            # Each member learns of the other once: from its room_state, or else from a
+            # user_joined. With --redis the two joins race (one on each instance), so
+            # either member may be the one that joined second.
+            for connection, other in ((first, b_user), (second, a_user)):
+                state = await _expect(connection, "room_state")
+                if other not in {p["user_id"] for p in state["payload"]["participants"]}:
+                    await _expect(connection, "user_joined")
             # The first member opens `window` exchanges; the second only answers.
             bouncers.append((Bouncer(first, OfferTemplate.to(b_user, sdp), report), job.window))
             bouncers.append((Bouncer(second, OfferTemplate.to(a_user, sdp), report), 0))
@@ -338,11 +371,13 @@ def stop(children: Sequence[Child]) -> None:
 @dataclass
 class Deployment:
     """What the benchmark started: the servers, where the first and the second member of
-    every pair connect (the same one, or one each), and the Redis they share, if any."""
+    every pair connect (the same one, or one each), the Redis they share, if any, and the
+    OTLP sink they export to, if tracing is on."""
 
     servers: list[Child] = field(default_factory=list)
     redis: Child | None = None
     redis_version: str = ""
+    sink: Child | None = None
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -350,11 +385,13 @@ class Deployment:
 
     @property
     def children(self) -> list[Child]:
-        return [*self.servers, *([self.redis] if self.redis else [])]
+        others = [child for child in (self.redis, self.sink) if child is not None]
+        return [*self.servers, *others]
 
     def stop(self) -> None:
-        stop(self.servers)  # before their Redis, which they would otherwise reconnect to
-        stop([self.redis] if self.redis else [])
+        # The servers first: they would reconnect to their Redis, and flush to the sink.
+        stop(self.servers)
+        stop([child for child in (self.redis, self.sink) if child is not None])
 
 
 def server_environment(secret: str) -> dict[str, str]:
@@ -368,6 +405,69 @@ def server_environment(secret: str) -> dict[str, str]:
         WEBRTC_RATE_LIMIT_BURST=UNLIMITED_RATE,
     )
     return env
+
+
+def tracing_environment(mode: TracingMode, sink_port: int) -> dict[str, str]:
+    """The OTEL_* variables of `mode`, exporting to the sink; the batch processor's
+    OTEL_BSP_* are left to the SDK's defaults, which are what users get."""
+    if mode is TracingMode.OFF:
+        return {}
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink_port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": SAMPLERS[mode],
+        # The exporter's HTTP client honours *_proxy variables: keep it on loopback.
+        "NO_PROXY": HOST,
+        "no_proxy": HOST,
+    }
+
+
+def start_sink(directory: Path, max_seconds: float) -> Child:
+    """loadtest/otlp_sink.py on a free loopback port; it exits by itself after `max_seconds`."""
+    port = free_port()
+    argv = [sys.executable, str(SINK_SCRIPT), "--port", str(port)]
+    argv += ["--max-seconds", f"{max_seconds:g}"]
+    return Child.start("otlp sink", argv, port=port, directory=directory, env=dict(os.environ))
+
+
+@dataclass(frozen=True)
+class SinkReport:
+    """What the OTLP sink received over the whole run (warm-up and drain included), and
+    how often the servers' batch span processors logged that their queue was full."""
+
+    requests: int
+    bytes: int
+    undecodable: int
+    spans: dict[str, int]
+    queue_full_warnings: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.spans.values())
+
+
+def sink_report(sink: Child, servers: Sequence[Child]) -> SinkReport:
+    """Once the servers have exited (and so flushed): the sink's counts, and the queue-full
+    warnings in their logs."""
+    connection = http.client.HTTPConnection(HOST, sink.port, timeout=5)
+    try:
+        connection.request("GET", "/stats")
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"{sink.name}: GET /stats answered {response.status}")
+        stats = orjson.loads(response.read())
+    finally:
+        connection.close()
+    warnings = sum(
+        server.log_path.read_text(errors="replace").count(QUEUE_FULL_LOG) for server in servers
+    )
+    return SinkReport(
+        requests=stats["requests"],
+        bytes=stats["bytes"],
+        undecodable=stats["undecodable"],
+        spans=dict(sorted(stats["spans"].items())),
+        queue_full_warnings=warnings,
+    )
 
 
 def start_server(name: str, port: int, env: dict[str, str], directory: Path) -> Child:
@@ -415,9 +515,17 @@ def redis_command(port: int, *args: str) -> str:
 def start_deployment(
     config: BenchConfig, *, secret: str, directory: Path, deployment: Deployment
 ) -> None:
-    """Start the servers (and Redis) into `deployment`, which the caller stops in any case,
-    and wait until they take joins."""
+    """Start the servers (and Redis, and the OTLP sink) into `deployment`, which the caller
+    stops in any case, and wait until they take joins."""
     env = server_environment(secret)
+    if config.tracing is not TracingMode.OFF:
+        lifetime = 2 * SERVER_START_TIMEOUT_SECONDS + CLIENTS_READY_TIMEOUT_SECONDS
+        lifetime += config.warmup_seconds + config.seconds + SINK_SPARE_SECONDS
+        sink = deployment.sink = start_sink(directory, lifetime)
+        sink.wait_until(
+            "answering", functools.partial(http_ok, sink.port, "/stats"), SINK_START_TIMEOUT_SECONDS
+        )
+        env.update(tracing_environment(config.tracing, sink.port))
     if not config.redis:
         deployment.servers.append(start_server("server", config.port, env, directory))
         probe = "/healthz"
@@ -498,7 +606,36 @@ def _receive_all(
     return [results[i] for i in range(len(pipes))]
 
 
-def run(config: BenchConfig) -> None:
+@dataclass(frozen=True)
+class BenchResult:
+    """One run's figures, as printed; `--json` writes them."""
+
+    tracing: TracingMode
+    redis: bool
+    pairs: int
+    seconds: float
+    relayed: int  # offers delivered to their target inside the window
+    messages_per_second: float
+    latency_p50_ms: float | None  # None: nothing was relayed inside the window
+    latency_p99_ms: float | None
+    server_cpu_us_per_message: float | None  # all the instances together
+    cpu_seconds: dict[str, float]  # over the window, of each process the benchmark started
+    client_cpu_cores: float
+    offers_sent: int  # over the whole run: what the servers relayed, a relay span each
+    lost: int
+    unexpected: dict[str, int]
+    sink: SinkReport | None  # None: tracing off, no sink
+    spans_expected: int | None  # per-message spans a sampled run exports: see message_spans
+    spans_missing: int | None  # of those, the ones the sink never received
+
+
+def message_spans(*, redis: bool) -> tuple[str, ...]:
+    """The spans every relayed offer gives when sampled: its relay, and across instances
+    its publish and its delivery."""
+    return (RELAY, PUBLISH, DELIVER) if redis else (RELAY,)
+
+
+def run(config: BenchConfig) -> BenchResult:
     secret = secrets.token_urlsafe(48)
     specs = pair_specs(config.pairs, secret)
     context = multiprocessing.get_context("spawn")
@@ -537,7 +674,18 @@ def run(config: BenchConfig) -> None:
                 pipes, processes, "done", DRAIN_GRACE_SECONDS + 30
             )
             cpu = {name: cpu_end[name] - cpu_begin[name] for name in cpu_begin}
-            print_results(config, deployment, reports, cpu)
+            # The servers flush their spans as they exit: only then is the sink's count whole.
+            stop(deployment.servers)
+            sink = None
+            if deployment.sink is not None:
+                sink = sink_report(deployment.sink, deployment.servers)
+            result = summarize(config, deployment, reports, cpu, sink)
+            print_results(config, deployment, result)
+            if config.json_path is not None:
+                config.json_path.write_bytes(
+                    orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n"
+                )
+            return result
         except BaseException:
             for child in deployment.children:
                 print(
@@ -559,25 +707,59 @@ def _sleep_until(instant_ns: int) -> None:
     time.sleep(max(instant_ns - time.perf_counter_ns(), 0) / 1e9)
 
 
-def print_results(
+def summarize(
     config: BenchConfig,
     deployment: Deployment,
     reports: list[ClientReport],
     cpu: Mapping[str, float],
-) -> None:
+    sink: SinkReport | None,
+) -> BenchResult:
     """`cpu`: the CPU seconds of each of `deployment.children`, by name, over the window."""
     relayed = sum(r.received_in_window for r in reports)
     latencies = array.array("q")
     for report in reports:
         latencies.frombytes(report.latencies_ns)
-    lost = sum(r.sent_total - r.received_total for r in reports)
     unexpected: Counter[str] = Counter()
     for report in reports:
         unexpected.update(report.unexpected)
+    offers_sent = sum(r.sent_total for r in reports)
+    expected = missing = None
+    if sink is not None:
+        names = message_spans(redis=config.redis)
+        each = offers_sent if config.tracing is TracingMode.SAMPLED else 0  # spans of a name
+        expected = each * len(names)
+        missing = sum(max(each - sink.spans.get(name, 0), 0) for name in names)
+    p50 = p99 = per_message = None
+    if relayed:
+        p50, p99 = (cut / 1e6 for cut in _percentiles(latencies))
+        server_cpu = sum(cpu[server.name] for server in deployment.servers)
+        per_message = server_cpu * 1e6 / relayed
+    return BenchResult(
+        tracing=config.tracing,
+        redis=config.redis,
+        pairs=config.pairs,
+        seconds=config.seconds,
+        relayed=relayed,
+        messages_per_second=relayed / config.seconds,
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
+        server_cpu_us_per_message=per_message,
+        cpu_seconds=dict(cpu),
+        client_cpu_cores=sum(r.cpu_seconds for r in reports) / config.seconds,
+        offers_sent=offers_sent,
+        lost=sum(r.sent_total - r.received_total for r in reports),
+        unexpected=dict(unexpected),
+        sink=sink,
+        spans_expected=expected,
+        spans_missing=missing,
+    )
+
+
+def print_results(config: BenchConfig, deployment: Deployment, result: BenchResult) -> None:
     frame_bytes = len(OfferTemplate.to("bench-0-b", make_sdp(config.sdp_bytes)).frame(10**15))
-    client_cpu = sum(r.cpu_seconds for r in reports) / config.seconds
+    cpu = result.cpu_seconds
     server_cpu = [cpu[server.name] for server in deployment.servers]
-    redis = deployment.redis
+    redis, sink = deployment.redis, deployment.sink
 
     print("Rendezvous relay benchmark")
     if redis is None:
@@ -598,6 +780,13 @@ def print_results(
             f"{HOST}:{redis.port}, no persistence"
         )
         placement = "one room each, one member per instance"
+    if sink is None:
+        print("  tracing     off (no OTEL_* variable)")
+    else:
+        print(
+            f"  tracing     {config.tracing}: sampler {SAMPLERS[config.tracing]}, OTLP/HTTP to "
+            f"otlp_sink.py (pid {sink.pid}, {HOST}:{sink.port}), batch processor defaults"
+        )
     print(
         f"  clients     {config.pairs} pairs ({placement}) in {config.client_processes} "
         f"process(es), {config.window} offers in flight per pair"
@@ -607,12 +796,15 @@ def print_results(
         f"  window      {config.seconds:g} s measured after a {config.warmup_seconds:g} s warm-up"
     )
     print(f"  machine     {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    if relayed == 0:
+    relayed = result.relayed
+    if result.latency_p50_ms is None or result.latency_p99_ms is None:
         print("  no offer was relayed inside the window")
         return
-    p50, p99 = _percentiles(latencies)
-    print(f"  relayed     {relayed} offers = {relayed / config.seconds:,.0f} messages/s")
-    print(f"  latency     one-way p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms")
+    print(f"  relayed     {relayed} offers = {result.messages_per_second:,.0f} messages/s")
+    print(
+        f"  latency     one-way p50 {result.latency_p50_ms:.2f} ms, "
+        f"p99 {result.latency_p99_ms:.2f} ms"
+    )
 
     def cpu_line(label: str, seconds: float, note: str = "") -> None:
         print(
@@ -627,10 +819,38 @@ def print_results(
         for server, seconds in zip(deployment.servers, server_cpu, strict=True):
             cpu_line(server.name, seconds)
         cpu_line("redis CPU", cpu[redis.name])
-    print(f"  client CPU  {client_cpu:.0%} of a core (all client processes)")
-    print(f"  lost        {lost} (sent but never received)")
-    if unexpected:
-        print(f"  unexpected  {dict(unexpected)}")
+    if sink is not None:
+        cpu_line("sink CPU", cpu[sink.name])
+    print(f"  client CPU  {result.client_cpu_cores:.0%} of a core (all client processes)")
+    print(f"  lost        {result.lost} (sent but never received)")
+    if result.unexpected:
+        print(f"  unexpected  {result.unexpected}")
+    if result.sink is not None:
+        print_spans(result, result.sink)
+
+
+def print_spans(result: BenchResult, sink: SinkReport) -> None:
+    """What the sink received over the whole run, against the offers the servers relayed."""
+    names = ", ".join(f"{name} {count}" for name, count in sink.spans.items()) or "none"
+    print(
+        f"  spans       {sink.total} in {sink.requests} export requests "
+        f"({sink.bytes / 1e6:.1f} MB) over the whole run: {names}"
+    )
+    if sink.undecodable:
+        print(f"  spans       {sink.undecodable} export requests did not decode")
+    offers = max(result.offers_sent, 1)
+    coverage = ", ".join(
+        f"{name} {sink.spans.get(name, 0) / offers:.1%}"
+        for name in message_spans(redis=result.redis)
+    )
+    print(
+        f"  per offer   of the {result.offers_sent} the clients sent in the whole run: {coverage}"
+    )
+    print(
+        f"  missing     {result.spans_missing} of {result.spans_expected} per-message spans; "
+        f"queue-full warnings in the servers' logs: {sink.queue_full_warnings} "
+        "(the SDK logs it at most once per 20 s)"
+    )
 
 
 def _percentiles(latencies: array.array[int]) -> tuple[float, float]:
@@ -656,6 +876,14 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
         action="store_true",
         help="two instances sharing a redis-server of their own, one member of each pair on each",
     )
+    parser.add_argument(
+        "--tracing",
+        choices=[mode.value for mode in TracingMode],
+        default=TracingMode.OFF.value,
+        help="off (no OTEL_*), unsampled (exporting, sampler always_off) or sampled "
+        "(always_on), to an OTLP/HTTP sink the benchmark starts (off)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     for name in ("pairs", "window", "client_processes"):
         if getattr(args, name) < 1:
@@ -671,6 +899,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
         client_processes=min(args.client_processes, args.pairs),
         port=args.port or free_port(),
         redis=args.redis,
+        tracing=TracingMode(args.tracing),
+        json_path=args.json,
     )
 
 
