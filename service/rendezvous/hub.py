@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Protocol
 
+from opentelemetry.trace import Span
+
 from rendezvous.backends.base import (
     Backend,
     BackendUnavailableError,
@@ -245,10 +247,18 @@ class Hub:
 
     # The per-message path.
 
-    def relay(self, peer: Peer, room: LocalRoom, kind: MessageType, payload: dict[str, Any]) -> int:
+    def relay(
+        self,
+        peer: Peer,
+        room: LocalRoom,
+        kind: MessageType,
+        payload: dict[str, Any],
+        *,
+        span: Span | None = None,
+    ) -> int:
         """Deliver a client message to its target, else to every other member of its room;
         return how many sockets on this instance it was queued for (the caller, which knows
-        when the frame arrived, records the relay)."""
+        when the frame arrived, records the relay). `span`: the frame's, when sampled."""
         sender = peer.member.user_id
         target = payload.get("target_user_id")
         frame = encode(kind, payload, room_id=room.room_id, sender_id=sender)
@@ -272,11 +282,11 @@ class Hub:
             if room.joining:
                 self._buffer(room, message)
             if remote:
-                self._publish(room, message)
+                self._publish(room, message, traced=span is not None)
         return delivered
 
-    def _publish(self, room: LocalRoom, message: BusMessage) -> None:
-        if self._tracing:
+    def _publish(self, room: LocalRoom, message: BusMessage, *, traced: bool) -> None:
+        if traced:  # a sampled relay's span is current: the publish span nests in it
             with self._spans.publish(room.room_id, message.relay_type) as traceparent:
                 if traceparent:
                     message = replace(message, traceparent=traceparent)

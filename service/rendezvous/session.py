@@ -71,7 +71,7 @@ class Session:
         self._relays = metrics.relays
         self._spans = spans
         self._tracing = spans.enabled
-        self._connection_span = spans.connection()  # what each relay span links to
+        self._relay_links = spans.links_to_current()  # each relay span links to the connection
         self._loop = asyncio.get_running_loop()
         self.member = Member(identity.user_id, identity.username, secrets.token_hex(8))
         self._connection: ConnectionControl | None = websocket.scope.get("extensions", {}).get(
@@ -224,8 +224,8 @@ class Session:
                 self._on_frame(room, message)
 
     def _on_frame(self, room: LocalRoom, message: Mapping[str, Any]) -> None:
-        if self._tracing:
-            with current(span := self._spans.relay(self._connection_span), end=True):
+        if self._tracing and (span := self._spans.relay(self._relay_links)) is not None:
+            with current(span, end=True):
                 self._handle(room, message, span)
         else:
             self._handle(room, message, None)
@@ -252,7 +252,7 @@ class Session:
                 if payload.get("target_user_id") is None:
                     # A broadcast costs one token per recipient; the first is paid above.
                     self._take(min(len(room.roster) - 2, self._limits.burst - 1), now)
-                delivered = self._hub.relay(self, room, kind, payload)
+                delivered = self._hub.relay(self, room, kind, payload, span=span)
                 if delivered:
                     self._relays[kind].record(delivered, time.perf_counter() - received_at)
                 if span is not None:

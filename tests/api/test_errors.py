@@ -410,7 +410,7 @@ async def test_fault_in_our_code_is_internal_error_1011_with_a_logged_traceback(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken_relay(
-        peer: Peer, room: LocalRoom, kind: MessageType, payload: dict[str, Any]
+        peer: Peer, room: LocalRoom, kind: MessageType, payload: dict[str, Any], **_: object
     ) -> None:
         raise RuntimeError("injected fault")
 

@@ -135,7 +135,7 @@ HTTP, RATIO, PARENT_RATIO = "http/protobuf", "traceidratio", "parentbased_tracei
 @pytest.mark.parametrize(
     ("overrides", "protocol", "sampler", "ratio", "sets_arg"),
     [
-        ({}, HTTP, PARENT_RATIO, 1.0, True),  # the chart's defaults
+        ({}, HTTP, PARENT_RATIO, 0.1, True),  # the chart's defaults
         ({"protocol": "grpc", "sampler": "always_on"}, "grpc", "always_on", 1.0, False),
         ({"sampler": RATIO, "samplerArg": ".1"}, HTTP, RATIO, 0.1, True),
         ({"samplerArg": 0}, HTTP, PARENT_RATIO, 0.0, True),

@@ -99,6 +99,5 @@ def crash_lines(instance: Instance) -> list[str]:
     return [
         line
         for line in instance.all_output().splitlines()
-        if any(marker in line for marker in CRASH_MARKERS)
-        and OUTAGE_ERROR not in line
+        if any(marker in line for marker in CRASH_MARKERS) and OUTAGE_ERROR not in line
     ]

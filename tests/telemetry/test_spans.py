@@ -285,3 +285,28 @@ def test_the_bus_carries_a_traceparent_only_when_there_is_one() -> None:
     assert decode_bus(encode_bus(traced)) == traced
     with pytest.raises(BusDecodeError):
         decode_bus(b'{"k":"m","u":"alice","y":"offer","a":1.5,"p":7}\n{}')
+
+
+async def test_the_sampler_ratio_is_the_fraction_of_frames_traced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service samples relays itself (a frame left out costs one random draw): with a
+    ratio of one half, about half the frames are traces; the connection's own span is
+    still the configured sampler's to decide."""
+    frames = 200
+    async with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+        async with running_server() as server:
+            assert server.app.state.tracing.relay_ratio == 0.5
+            async with joined(server.ws_url("half", token("alice"))) as (alice, _):
+                for n in range(frames):
+                    await alice.send({"type": "ping", "payload": {"n": n}})
+                    await alice.expect("pong")
+        spans = receiver.received()
+    relays = named(spans, "rendezvous.relay")
+    # Binomial(200, 0.5): 100 +- 7; outside 50..150 is over seven deviations away.
+    assert 50 <= len(relays) <= 150, len(relays)
+    assert all(s.attributes["rendezvous.outcome"] == "pong" for s in relays)
+    assert len(named(spans, WS_SPAN)) <= 1

@@ -307,3 +307,26 @@ def test_check_config_shows_which_exporters_tracing_uses(tmp_path: Path) -> None
     result = run_cli("check-config", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["effective"]["tracing"] == ["otlp"]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "argument", "ratio"),
+    [
+        ("", "", 1.0),
+        ("always_on", "", 1.0),
+        ("parentbased_always_off", "", 0.0),
+        ("always_off", "", 0.0),
+        ("traceidratio", "0.25", 0.25),
+        ("parentbased_traceidratio", "0.01", 0.01),
+        ("parentbased_traceidratio", "", 1.0),
+    ],
+)
+def test_the_fraction_of_frames_traced_follows_the_sampler(
+    sampler: str, argument: str, ratio: float
+) -> None:
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    if sampler:
+        environ["OTEL_TRACES_SAMPLER"] = sampler
+    if argument:
+        environ["OTEL_TRACES_SAMPLER_ARG"] = argument
+    assert read_tracing_config(environ).root_ratio == ratio

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from random import random
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from rendezvous.protocol import SignalingError
@@ -51,9 +52,12 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 class SignalingSpans:
     """Starts the service's spans with the app's tracer (a no-op one when tracing is off)."""
 
-    def __init__(self, tracer: trace.Tracer, *, enabled: bool, bus: str = "") -> None:
+    def __init__(
+        self, tracer: trace.Tracer, *, enabled: bool, bus: str = "", relay_ratio: float = 1.0
+    ) -> None:
         self.enabled = enabled
         self._tracer = tracer
+        self._relay_ratio = relay_ratio  # the fraction of client frames traced
         self._bus = bus  # messaging.system of publish/deliver spans: the backend's name
 
     # Joining: a join span under the connection's span, with auth and presence in it.
@@ -73,19 +77,28 @@ class SignalingSpans:
     # The per-message spans.
 
     @staticmethod
-    def connection() -> SpanContext | None:
-        """The current span's context (the WebSocket's SERVER span), to link relays to."""
+    def links_to_current() -> tuple[Link, ...]:
+        """A link to the current span (the WebSocket's SERVER span), for its relays."""
         context = trace.get_current_span().get_span_context()
-        return context if context.is_valid else None
+        return (Link(context),) if context.is_valid else ()
 
-    def relay(self, connection: SpanContext | None) -> Span:
-        links = (Link(connection),) if connection is not None else ()
+    def relay(self, links: tuple[Link, ...]) -> Span | None:
+        """The span of one client frame, or None when this frame is not sampled.
+
+        The service draws the sample itself (`relay_ratio`, from OTEL_TRACES_SAMPLER and
+        its argument), and the provider's sampler takes every relay span it is handed:
+        a frame left out then costs one random draw, where the SDK would spend
+        microseconds building a span that records nothing."""
+        ratio = self._relay_ratio
+        if ratio < 1.0 and (ratio <= 0.0 or random() >= ratio):
+            return None
         return self._tracer.start_span(RELAY, context=_NEW_TRACE, kind=SpanKind.SERVER, links=links)
 
     @contextmanager
     def publish(self, room_id: str, relay_type: str) -> Iterator[str]:
-        """A PRODUCER span under the current one; yields the `traceparent` to send with
-        the message, or "" when the trace is not sampled (the receiver then starts none)."""
+        """A PRODUCER span under the current one (a sampled relay's); yields the
+        `traceparent` to send with the message, or "" when the span is not sampled (the
+        receiver then starts none)."""
         attributes = {
             ROOM_ID: room_id,
             MESSAGE_TYPE: relay_type,

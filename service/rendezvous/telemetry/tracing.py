@@ -82,6 +82,12 @@ class TracingConfig:
     def enabled(self) -> bool:
         return bool(self.exporters)
 
+    @property
+    def root_ratio(self) -> float:
+        """The fraction of traces started here that are sampled (a relayed frame starts one)."""
+        root = self.sampler.removeprefix("parentbased_")
+        return {"always_on": 1.0, "always_off": 0.0}.get(root, self.sampler_ratio)
+
 
 def read_tracing_config(environ: Mapping[str, str] | None = None) -> TracingConfig:
     """Validate the `OTEL_*` variables this service acts on; ConfigError in one line.
@@ -149,16 +155,20 @@ class Tracing:
         tracer: trace.Tracer,
         provider: TracerProvider | None = None,
         exporters: Sequence[SpanExporter] = (),
+        relay_ratio: float = 0.0,
     ) -> None:
         self.enabled = provider is not None
         self.tracer = tracer
+        self.relay_ratio = relay_ratio
         self.provider = provider
         self.exporters: tuple[SpanExporter, ...] = tuple(exporters)
         self._processors: list[SpanProcessor] = []
 
     def spans(self, *, bus: str) -> SignalingSpans:
         """The service's own spans, `bus` naming the backend in publish/deliver spans."""
-        return SignalingSpans(self.tracer, enabled=self.enabled, bus=bus)
+        return SignalingSpans(
+            self.tracer, enabled=self.enabled, bus=bus, relay_ratio=self.relay_ratio
+        )
 
     @classmethod
     def disabled(cls) -> Tracing:
@@ -228,11 +238,18 @@ def setup_tracing(
         exclude_spans=["receive", "send"],  # one span per frame would swamp the trace
     )
     tracer = provider.get_tracer("rendezvous", __version__)
-    return Tracing(tracer=tracer, provider=provider, exporters=_exporters(config))
+    return Tracing(
+        tracer=tracer,
+        provider=provider,
+        exporters=_exporters(config),
+        relay_ratio=config.root_ratio,
+    )
 
 
 def _sampler(config: TracingConfig) -> Sampler:
     from opentelemetry.sdk.trace import sampling
+
+    from rendezvous.telemetry.sampling import RelaysPresampled
 
     ratio = sampling.TraceIdRatioBased(config.sampler_ratio)
     root: Sampler = {
@@ -240,7 +257,8 @@ def _sampler(config: TracingConfig) -> Sampler:
         "always_off": sampling.ALWAYS_OFF,
         "traceidratio": ratio,
     }[config.sampler.removeprefix("parentbased_")]
-    return sampling.ParentBased(root) if config.sampler.startswith("parentbased_") else root
+    chosen = sampling.ParentBased(root) if config.sampler.startswith("parentbased_") else root
+    return RelaysPresampled(chosen)
 
 
 def _exporters(config: TracingConfig) -> list[SpanExporter]:
