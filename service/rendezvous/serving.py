@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
@@ -17,6 +18,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from rendezvous.draining import Drainer
 from rendezvous.settings import Settings
@@ -53,12 +55,65 @@ class ConnectionControl:
         if self._protocol.transport is not None:
             self._protocol.transport.abort()
 
+    def push_messages(self, handler: Callable[[str | None], None] | None) -> bool:
+        """From now on hand each message to `handler` as soon as it is parsed (its text,
+        or None for a binary one) instead of queueing it for `receive()`, which then only
+        reports the disconnect. Refused (False) while messages are still queued, so none
+        overtakes an earlier one. `None` goes back to queueing."""
+        protocol = self._protocol
+        if handler is not None and not protocol.queue.empty():
+            return False
+        protocol.on_message = handler
+        return True
+
+    def write_texts(self, frames: Iterable[str]) -> bool:
+        """Frame `frames` and write them in one go, past the ASGI send path, if the socket
+        takes them now: open, and its buffer not pushing back. False: nothing written;
+        send them through ASGI, which waits until the socket drains."""
+        protocol = self._protocol
+        connection = protocol.conn
+        if (
+            connection.state is not State.OPEN
+            or protocol.close_sent
+            or protocol.disconnected
+            or not protocol.writable.is_set()
+        ):
+            return False
+        send_text = connection.send_text
+        for frame in frames:
+            send_text(frame.encode())
+        protocol.transport.write(b"".join(connection.data_to_send()))
+        return True
+
 
 class RendezvousWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_seen = self.loop.time()
         self.timed_out = False
+        self.on_message: Callable[[str | None], None] | None = None
+
+    def send_receive_event_to_app(self) -> None:
+        """A whole message arrived: straight to the session's handler when it has one.
+        uvicorn's way queues it for a task to pick up and pauses reading until then: a
+        task switch and two epoll changes per message."""
+        handler = self.on_message
+        if handler is None or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        if self.curr_msg_data_type != "text":
+            self.frames = []
+            handler(None)
+            return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            super().send_receive_event_to_app()  # uvicorn's answer: close 1007
+            return
+        self.frames = []
+        handler(text)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.loop.time()

@@ -86,7 +86,13 @@ class Session:
         self._always_small_chars = limits.max_message_bytes // 4
         self._queue: deque[str] = deque()
         self._queued_chars = 0
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # wakes the writer task
+        # Under `rendezvous serve`, what is queued in one turn of the loop is written at its
+        # end in one write (`_flush`), with no task switch; the writer task takes over while
+        # the socket pushes back, and for the close.
+        self._write_now = None if self._connection is None else self._connection.write_texts
+        self._flush_pending = False
+        self._sending = False  # the writer task holds a frame: no direct write may overtake it
         self._closing: SignalingError | None = None
         self.leave_reason = LeaveReason.LEFT
         self._room: LocalRoom | None = None
@@ -169,8 +175,26 @@ class Session:
             return _SLOW_CONSUMER
         self._queue.append(frame)
         self._queued_chars += size
-        self._ready.set()
+        if self._write_now is None:
+            self._ready.set()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
         return None
+
+    def _flush(self) -> None:
+        """End of a loop turn: write what was queued in it at once, or leave it to the
+        writer task (the socket pushes back, the writer is mid-frame, or we are closing)."""
+        self._flush_pending = False
+        queue = self._queue
+        if not queue:
+            return
+        assert self._write_now is not None
+        if self._sending or self._closing is not None or not self._write_now(queue):
+            self._ready.set()
+            return
+        queue.clear()
+        self._queued_chars = 0
 
     def close(self, error: SignalingError) -> None:
         """Send `error` after what is queued, then close with its close code."""
@@ -199,7 +223,9 @@ class Session:
                 while queue:
                     frame = queue.popleft()
                     self._queued_chars -= len(frame)
+                    self._sending = True
                     await send({"type": "websocket.send", "text": frame})
+                    self._sending = False
                 if self._closing is not None:
                     code = self._closing.close_code
                     await send({"type": "websocket.close", "code": code or 1000})
@@ -215,22 +241,43 @@ class Session:
     # Inbound.
 
     async def _read(self, room: LocalRoom) -> None:
+        """Handle frames until the peer disconnects. Under `rendezvous serve` they are
+        pushed to `_on_pushed` as they are parsed, once what was queued (during the join)
+        is handled; `receive()` then only reports the disconnect."""
         receive = self._websocket.receive
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if self._closing is None:
-                self._on_frame(room, message)
+        connection = self._connection
+        pushed = False
+        try:
+            while True:
+                if connection is not None and not pushed:
+                    pushed = connection.push_messages(self._on_pushed)
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if self._closing is None:
+                    self._on_frame(room, message.get("text"))
+        finally:
+            if pushed:
+                connection.push_messages(None)  # type: ignore[union-attr]
 
-    def _on_frame(self, room: LocalRoom, message: Mapping[str, Any]) -> None:
+    def _on_pushed(self, text: str | None) -> None:
+        if self._closing is not None or self._room is None:
+            return
+        try:
+            self._on_frame(self._room, text)
+        except Exception:
+            log.exception("session failed", extra=self._log_context())
+            self.close(SignalingError(ErrorCode.INTERNAL_ERROR, "internal error"))
+
+    def _on_frame(self, room: LocalRoom, text: str | None) -> None:
+        """One client frame: its text, or None for a binary one."""
         if self._tracing and (span := self._spans.relay(self._relay_links)) is not None:
             with current(span, end=True):
-                self._handle(room, message, span)
+                self._handle(room, text, span)
         else:
-            self._handle(room, message, None)
+            self._handle(room, text, None)
 
-    def _handle(self, room: LocalRoom, message: Mapping[str, Any], span: Span | None) -> None:
+    def _handle(self, room: LocalRoom, text: str | None, span: Span | None) -> None:
         received_at = time.perf_counter()  # the loop's clock may be coarse (uvloop: 1 ms)
         now = self._loop.time()
         self._last_frame_at = now
@@ -239,7 +286,6 @@ class Session:
         kind: str = "invalid"
         try:
             self._take(1, now)  # every frame costs a token, even one that proves invalid
-            text = message.get("text")
             if text is None:
                 raise invalid("binary frames are not accepted; send JSON text")
             self._check_size(text)
