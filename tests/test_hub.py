@@ -39,7 +39,7 @@ class RecordingPeer:
         self.closed_with: list[SignalingError] = []
         self.timed_out = False
 
-    def deliver(self, frame: str) -> None:
+    def deliver(self, frame: bytes) -> None:
         self.frames.put_nowait(json.loads(frame))
 
     def close(self, error: SignalingError) -> None:

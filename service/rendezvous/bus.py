@@ -22,7 +22,7 @@ class BusMessage:
 
     kind: BusKind
     user_id: str
-    frame: str
+    frame: bytes  # the client frame as it goes on the wire
     target: str | None = None  # relay only: deliver to this member alone
     relay_type: str = ""  # relay only: the frame's type, for metrics without parsing it
     sent_at: float = 0.0  # relay only: unix time the sender's instance relayed it
@@ -46,7 +46,7 @@ def encode_bus(message: BusMessage) -> bytes:
             header["p"] = message.traceparent
     else:
         header.update(s=message.session_id, n=message.username, r=message.reason)
-    return orjson.dumps(header) + b"\n" + message.frame.encode()
+    return orjson.dumps(header) + b"\n" + message.frame
 
 
 def decode_bus(data: bytes) -> BusMessage:
@@ -58,7 +58,7 @@ def decode_bus(data: bytes) -> BusMessage:
         return BusMessage(
             kind=BusKind(header["k"]),
             user_id=header["u"],
-            frame=frame.decode(),
+            frame=frame,
             target=header.get("t"),
             relay_type=header.get("y", ""),
             sent_at=header.get("a", 0.0),

@@ -51,7 +51,7 @@ class Peer(Protocol):
     @property
     def member(self) -> Member: ...
 
-    def deliver(self, frame: str) -> str | None:
+    def deliver(self, frame: bytes) -> str | None:
         """Queue a frame; never blocks, never raises. None, or why the frame was dropped."""
 
     def close(self, error: SignalingError) -> None:
@@ -345,7 +345,7 @@ class Hub:
             self._buffer(room, message)
 
     def _count(
-        self, recipients: Iterable[Peer], frame: str, relay_type: str, sender: str | None
+        self, recipients: Iterable[Peer], frame: bytes, relay_type: str, sender: str | None
     ) -> int:
         """Deliver a relayed frame to `recipients` but its sender; how many queued it."""
         delivered = 0

@@ -120,8 +120,9 @@ class _Clock:
 timestamp = _Clock().now
 
 
-def encode(kind: str, payload: Any, *, room_id: str, sender_id: str = SERVER_SENDER_ID) -> str:
-    """One outbound frame as text: the server always sets sender, room and time."""
+def encode(kind: str, payload: Any, *, room_id: str, sender_id: str = SERVER_SENDER_ID) -> bytes:
+    """One outbound frame, UTF-8 encoded as it goes on the wire (and on the bus): the
+    server always sets sender, room and time."""
     frame = {
         "type": kind,
         "payload": payload,
@@ -129,10 +130,10 @@ def encode(kind: str, payload: Any, *, room_id: str, sender_id: str = SERVER_SEN
         "room_id": room_id,
         "timestamp": timestamp(),
     }
-    return orjson.dumps(frame).decode()
+    return orjson.dumps(frame)
 
 
-def error_frame(error: SignalingError, *, room_id: str) -> str:
+def error_frame(error: SignalingError, *, room_id: str) -> bytes:
     payload = {"code": error.code.value, "message": error.message}
     return encode(MessageType.ERROR, payload, room_id=room_id)
 

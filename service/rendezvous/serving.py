@@ -66,7 +66,7 @@ class ConnectionControl:
         protocol.on_message = handler
         return True
 
-    def write_texts(self, frames: Iterable[str]) -> bool:
+    def write_texts(self, frames: Iterable[bytes]) -> bool:
         """Frame `frames` and write them in one go, past the ASGI send path, if the socket
         takes them now: open, and its buffer not pushing back. False: nothing written;
         send them through ASGI, which waits until the socket drains."""
@@ -81,7 +81,7 @@ class ConnectionControl:
             return False
         send_text = connection.send_text
         for frame in frames:
-            send_text(frame.encode())
+            send_text(frame)
         protocol.transport.write(b"".join(connection.data_to_send()))
         return True
 

@@ -84,8 +84,8 @@ class Session:
         )
         # A frame this short is within the byte limit whatever its characters (UTF-8 <= 4x).
         self._always_small_chars = limits.max_message_bytes // 4
-        self._queue: deque[str] = deque()
-        self._queued_chars = 0
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self._ready = asyncio.Event()  # wakes the writer task
         # Under `rendezvous serve`, what is queued in one turn of the loop is written at its
         # end in one write (`_flush`), with no task switch; the writer task takes over while
@@ -160,21 +160,21 @@ class Session:
 
     # Outbound.
 
-    def deliver(self, frame: str) -> str | None:
+    def deliver(self, frame: bytes) -> str | None:
         """Queue one frame for this peer; None, or why it was dropped. The per-message
         path, so keep it tiny."""
         if self._closing is not None:
             return RECIPIENT_CLOSED
-        size = len(frame)  # characters: close enough to bytes for a memory bound
+        size = len(frame)
         limits = self._policy.limits
         if (
             len(self._queue) >= limits.queue_max_messages
-            or self._queued_chars + size > limits.queue_max_bytes
+            or self._queued_bytes + size > limits.queue_max_bytes
         ):
             self._slow_consumer()
             return _SLOW_CONSUMER
         self._queue.append(frame)
-        self._queued_chars += size
+        self._queued_bytes += size
         if self._write_now is None:
             self._ready.set()
         elif not self._flush_pending:
@@ -194,7 +194,7 @@ class Session:
             self._ready.set()
             return
         queue.clear()
-        self._queued_chars = 0
+        self._queued_bytes = 0
 
     def close(self, error: SignalingError) -> None:
         """Send `error` after what is queued, then close with its close code."""
@@ -210,7 +210,7 @@ class Session:
     def _slow_consumer(self) -> None:
         log.info("disconnecting a slow consumer", extra=self._log_context())
         self._queue.clear()
-        self._queued_chars = 0
+        self._queued_bytes = 0
         self.close(SignalingError(ErrorCode.SLOW_CONSUMER, "you are not reading fast enough"))
         # Its buffers are full, so the close frame may never leave: abort if it does not.
         self._loop.call_later(CLOSE_FLUSH_SECONDS, self.abort)
@@ -222,9 +222,9 @@ class Session:
             while True:
                 while queue:
                     frame = queue.popleft()
-                    self._queued_chars -= len(frame)
+                    self._queued_bytes -= len(frame)
                     self._sending = True
-                    await send({"type": "websocket.send", "text": frame})
+                    await send({"type": "websocket.send", "text": frame.decode()})
                     self._sending = False
                 if self._closing is not None:
                     code = self._closing.close_code

@@ -270,11 +270,11 @@ async def test_an_unsampled_relay_carries_no_trace_to_the_other_instance(
 
 def test_the_bus_carries_a_traceparent_only_when_there_is_one() -> None:
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    plain = BusMessage(BusKind.RELAY, "alice", "{}", "bob", relay_type="offer", sent_at=1.5)
+    plain = BusMessage(BusKind.RELAY, "alice", b"{}", "bob", relay_type="offer", sent_at=1.5)
     traced = BusMessage(
         BusKind.RELAY,
         "alice",
-        "{}",
+        b"{}",
         "bob",
         relay_type="offer",
         sent_at=1.5,

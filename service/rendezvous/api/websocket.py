@@ -99,5 +99,5 @@ async def _reject(websocket: WebSocket, room_id: str, error: SignalingError) -> 
     log.info("WebSocket refused", extra={"room_id": room_id[:128], "code": error.code.value})
     services: ServicesDep = websocket.app.state.services
     services.metrics.error(error.code.value)
-    await websocket.send_text(error_frame(error, room_id=room_id[:128]))
+    await websocket.send_text(error_frame(error, room_id=room_id[:128]).decode())
     await websocket.close(code=error.close_code or 1008)
