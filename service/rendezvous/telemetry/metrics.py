@@ -76,12 +76,11 @@ class Metrics:
         self.participants = Gauge(
             "rendezvous_participants", "Participants joined on this instance", registry=registry
         )
-        self._messages = Counter(
-            "rendezvous_messages",
-            "Client frames by type and outcome",
-            ["type", "outcome"],
-            registry=registry,
-        )
+        # Every client frame's outcome: counted in plain numbers (the per-message path),
+        # rendered at scrape time by _MessagesCollector.
+        self._ok: dict[str, int] = {}  # by type: handled
+        self._outcomes: dict[tuple[str, str], int] = {}  # by (type, outcome): refused
+        registry.register(_MessagesCollector(self._ok, self._outcomes))
         self._dropped = Counter(
             "rendezvous_messages_dropped",
             "Messages dropped, by type and reason (a refused client frame, or one recipient)",
@@ -114,18 +113,16 @@ class Metrics:
         # By relayed type (a StrEnum member finds its plain-string key, and vice versa).
         self.relays: dict[str, RelayStats] = {kind.value: RelayStats() for kind in RELAYED_TYPES}
         registry.register(_RelayCollector(self.relays))
-        self._ok: dict[str, MetricWrapperBase] = {}
         self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
 
     def message_ok(self, kind: str) -> None:
-        """A client frame handled; the per-message path, so no key is built."""
-        child = self._ok.get(kind)
-        if child is None:
-            child = self._ok[kind] = self._messages.labels(kind, "ok")
-        child.inc()  # type: ignore[attr-defined]
+        """A client frame handled; the per-message path: no key built, no lock taken."""
+        counts = self._ok
+        counts[kind] = counts.get(kind, 0) + 1
 
     def message(self, kind: str, outcome: str) -> None:
-        self._child(self._messages, ("m", kind, outcome)).inc()  # type: ignore[attr-defined]
+        key = (kind, outcome)
+        self._outcomes[key] = self._outcomes.get(key, 0) + 1
 
     def refused(self, kind: str, code: str) -> None:
         """A client frame refused with error `code`: counted as its outcome and as a drop."""
@@ -152,6 +149,27 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _MessagesCollector(Collector):
+    def __init__(self, ok: dict[str, int], outcomes: dict[tuple[str, str], int]) -> None:
+        self._ok = ok
+        self._outcomes = outcomes
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[tuple[str, str], int] = {}
+        for kind, count in self._ok.items():
+            key = (str(kind), "ok")
+            totals[key] = totals.get(key, 0) + count
+        for (kind, outcome), count in self._outcomes.items():
+            key = (str(kind), str(outcome))
+            totals[key] = totals.get(key, 0) + count
+        family = CounterMetricFamily(
+            "rendezvous_messages", "Client frames by type and outcome", labels=["type", "outcome"]
+        )
+        for labels, count in sorted(totals.items()):
+            family.add_metric(list(labels), count)
+        yield family
 
 
 class _RelayCollector(Collector):
