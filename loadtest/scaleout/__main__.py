@@ -1,0 +1,5 @@
+import sys
+
+from loadtest.scaleout.cli import main
+
+sys.exit(main())
