@@ -496,6 +496,17 @@ def start_redis(directory: Path) -> Child:
     return Child.start("redis-server", argv, port=port, directory=directory, env=dict(os.environ))
 
 
+def redis_ready(redis: Child) -> str:
+    """Wait (bounded) until a started redis-server answers PING; return its version."""
+    redis.wait_until(
+        "answering PING",
+        lambda: redis_command(redis.port, "PING") == "PONG",
+        REDIS_START_TIMEOUT_SECONDS,
+    )
+    info = redis_command(redis.port, "INFO", "server").splitlines()
+    return next((line.split(":", 1)[1] for line in info if line.startswith("redis_version:")), "?")
+
+
 def redis_command(port: int, *args: str) -> str:
     """One command, for the two the benchmark sends (PING, INFO): a simple or bulk reply."""
     request = f"*{len(args)}\r\n" + "".join(f"${len(arg)}\r\n{arg}\r\n" for arg in args)
@@ -531,15 +542,7 @@ def start_deployment(
         probe = "/healthz"
     else:
         redis = deployment.redis = start_redis(directory)
-        redis.wait_until(
-            "answering PING",
-            lambda: redis_command(redis.port, "PING") == "PONG",
-            REDIS_START_TIMEOUT_SECONDS,
-        )
-        info = redis_command(redis.port, "INFO", "server").splitlines()
-        deployment.redis_version = next(
-            (line.split(":", 1)[1] for line in info if line.startswith("redis_version:")), "?"
-        )
+        deployment.redis_version = redis_ready(redis)
         env["REDIS_URL"] = f"redis://{HOST}:{redis.port}/0"
         for number, port in enumerate((config.port, free_port()), start=1):
             deployment.servers.append(start_server(f"instance {number}", port, env, directory))

@@ -21,12 +21,11 @@ from loadtest.bench.dialects import Dialect
 from loadtest.bench_relay import (
     HOST,
     LOG_TAIL_CHARACTERS,
-    REDIS_START_TIMEOUT_SECONDS,
     SERVER_START_TIMEOUT_SECONDS,
     Child,
     free_port,
     http_ok,
-    redis_command,
+    redis_ready,
     server_environment,
     start_redis,
     start_server,
@@ -191,13 +190,7 @@ def _start_rendezvous(target: Target, directory: Path, secret: str, connections:
         target.servers.append(start_server("rendezvous", free_port(), env, directory))
     else:
         redis = target.redis = start_redis(directory)
-        redis.wait_until(
-            "answering PING",
-            lambda: redis_command(redis.port, "PING") == "PONG",
-            REDIS_START_TIMEOUT_SECONDS,
-        )
-        info = redis_command(redis.port, "INFO", "server").splitlines()
-        version = next((line[14:] for line in info if line.startswith("redis_version:")), "?")
+        version = redis_ready(redis)
         env["REDIS_URL"] = f"redis://{HOST}:{redis.port}/0"
         for number in (1, 2):
             target.servers.append(start_server(f"instance {number}", free_port(), env, directory))

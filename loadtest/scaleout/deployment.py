@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.bench_relay import (
-    REDIS_START_TIMEOUT_SECONDS,
     SERVER_START_TIMEOUT_SECONDS,
     Child,
     free_port,
     http_ok,
-    redis_command,
+    redis_ready,
     server_environment,
     start_redis,
     start_server,
@@ -72,15 +71,7 @@ def start(
     directory.mkdir(parents=True, exist_ok=True)
     redis = deployment.redis = start_redis(directory)
     announce(redis)
-    redis.wait_until(
-        "answering PING",
-        lambda: redis_command(redis.port, "PING") == "PONG",
-        REDIS_START_TIMEOUT_SECONDS,
-    )
-    info = redis_command(redis.port, "INFO", "server").splitlines()
-    deployment.redis_version = next(
-        (line.split(":", 1)[1] for line in info if line.startswith("redis_version:")), "?"
-    )
+    deployment.redis_version = redis_ready(redis)
     env = server_environment(secret)
     env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
     for number in range(1, instances + 1):
