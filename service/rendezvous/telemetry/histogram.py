@@ -8,10 +8,9 @@ from bisect import bisect_left
 
 from prometheus_client.utils import floatToGoString
 
-# Backend publish: a Redis round trip on loopback takes 50-500 microseconds, across a
-# network around a millisecond; seconds mean a backlog in the queue or a stalled Redis.
-PUBLISH_LATENCY_BUCKETS_SECONDS = (
-    0.00005,
+# Signaling latency: a relay within an instance takes tens of microseconds, one through
+# Redis around a millisecond; seconds mean a stalled loop or a backlog.
+RELAY_LATENCY_BUCKETS_SECONDS = (
     0.0001,
     0.00025,
     0.0005,
@@ -28,6 +27,9 @@ PUBLISH_LATENCY_BUCKETS_SECONDS = (
     2.5,
     5.0,
 )
+# Backend publish: a Redis round trip on loopback takes 50-500 microseconds, so one
+# bucket below the relay's.
+PUBLISH_LATENCY_BUCKETS_SECONDS = (0.00005, *RELAY_LATENCY_BUCKETS_SECONDS)
 
 
 class LatencyHistogram:

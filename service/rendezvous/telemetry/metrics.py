@@ -23,27 +23,7 @@ from prometheus_client.registry import Collector
 
 from rendezvous.backends.base import Backend
 from rendezvous.protocol import RELAYED_TYPES
-from rendezvous.telemetry.histogram import LatencyHistogram
-
-# Signaling latency: a relay within an instance takes tens of microseconds, one through
-# Redis around a millisecond; seconds mean a stalled loop or a backlog.
-RELAY_LATENCY_BUCKETS_SECONDS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+from rendezvous.telemetry.histogram import RELAY_LATENCY_BUCKETS_SECONDS, LatencyHistogram
 
 
 class RelayStats(LatencyHistogram):
