@@ -101,12 +101,6 @@ class RespConnection:
             raise RespError(rest.decode(errors="replace"))
         raise ConnectionResetError(f"unexpected RESP type {kind!r}")
 
-    async def closed_by_peer(self) -> None:
-        """Wait until Redis closes an idle connection (it owes no reply), then raise."""
-        if await self._reader.read(1):
-            raise ConnectionResetError("unexpected data from redis on an idle connection")
-        raise ConnectionResetError("redis closed the connection")
-
     def abort(self) -> None:
         transport = self._writer.transport
         if transport is not None:
