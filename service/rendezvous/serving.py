@@ -17,11 +17,13 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import CloseCode
 from websockets.http11 import Request
 from websockets.protocol import State
 
 from rendezvous.draining import Drainer
 from rendezvous.settings import Settings
+from rendezvous.wire import read_text_frame, text_frame_header
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,18 @@ class ConnectionControl:
             or not protocol.writable.is_set()
         ):
             return False
-        send_text = connection.send_text
+        if connection.extensions or connection.writes:
+            # Compression, or websockets has bytes of its own queued (a pong): its way.
+            send_text = connection.send_text
+            for frame in frames:
+                send_text(frame)
+            protocol.transport.write(b"".join(connection.data_to_send()))
+            return True
+        parts = []
         for frame in frames:
-            send_text(frame)
-        protocol.transport.write(b"".join(connection.data_to_send()))
+            parts.append(text_frame_header(len(frame)))
+            parts.append(frame)
+        protocol.transport.write(b"".join(parts))
         return True
 
 
@@ -110,14 +120,37 @@ class RendezvousWebSocketProtocol(WebSocketsSansIOProtocol):
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            super().send_receive_event_to_app()  # uvicorn's answer: close 1007
+            # uvicorn's answer, close 1007, without its error log and stack trace: the
+            # fault is the client's.
+            self.frames = []
+            log.info("closed a WebSocket that sent invalid UTF-8 in a text frame (1007)")
+            self.conn.send_close(CloseCode.INVALID_DATA)
+            self.handle_parser_exception()
             return
         self.frames = []
         handler(text)
 
     def data_received(self, data: bytes) -> None:
+        """Whole text frames go straight to the session's handler (`wire`); the rest, from
+        the first frame that is anything else, through websockets' parser."""
         self.last_seen = self.loop.time()
-        super().data_received(data)
+        connection = self.conn
+        start = 0
+        while (
+            self.on_message is not None
+            and not self.close_sent
+            and connection.state is State.OPEN
+            and connection.current_size is None  # not inside a fragmented message
+            and not connection.reader.buffer  # the parser waits at a frame boundary
+        ):
+            frame = read_text_frame(data, start, connection.max_message_size)
+            if frame is None:
+                break
+            text, start = frame
+            self.on_message(text)
+            if start == len(data):
+                return
+        super().data_received(data[start:] if start else data)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
