@@ -1,4 +1,4 @@
-"""`rendezvous serve | token | turn-sidecar | check-config | policy-schema`."""
+"""`rendezvous serve | token | turn-sidecar | check-config | policy-schema | client`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from rendezvous.auth import mint_token
 from rendezvous.backends import create_backend
+from rendezvous.client.arguments import add_client_parser
 from rendezvous.policy.document import Policy, PolicyError
 from rendezvous.policy.effective import EffectivePolicy, resolve
 from rendezvous.policy.reconciling import initial_policy, load_policy
@@ -87,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("policy-schema", help="print the policy file's JSON Schema")
     schema.add_argument("--output", type=Path, metavar="FILE", help="write it to FILE instead")
     schema.set_defaults(command=_policy_schema)
+
+    add_client_parser(commands).set_defaults(command=_client)
     return parser
 
 
@@ -291,6 +294,15 @@ def _turn_credential_sources(settings: Settings) -> list[str]:
     elif settings.turn_username:
         sources.append("static WEBRTC_TURN_USERNAME/WEBRTC_TURN_CREDENTIAL")
     return sources
+
+
+# client
+
+
+def _client(args: argparse.Namespace) -> int:
+    from rendezvous.client.running import run  # imported late: `token` stays fast
+
+    return run(args)
 
 
 # policy-schema
