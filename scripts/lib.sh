@@ -152,14 +152,69 @@ rv_ensure_venv() {
     printf '%s\n' "$wanted" >"$RV_STAMP"
 }
 
-# Run pytest from the venv. Exit status 5 (nothing collected) is a failure; under CI=true,
-# so is any skipped test, since a missing component must never pass as a skip.
+# Tests talk only to loopback (../shared/TESTING.md's network rule). rv_run_pytest runs
+# pytest, and so every server, browser and peer a test starts, in a network namespace whose
+# one interface is `lo`: whatever would reach past the machine fails at once instead. As
+# root (CI) that is `unshare -n`. Another user gets `unshare -rn` (a user namespace, where
+# the kernel allows it) to bring `lo` up as its root, then a nested user namespace maps
+# the user back to itself, so the tests run as who they are (nginx, for one, cannot run
+# its workers as "root" in a user namespace). `ip` (Debian's iproute2) brings `lo` up.
+
+# The network interfaces this process sees. /proc/self/net/dev is its own namespace's
+# list; /sys/class/net is the one of whoever mounted /sys, so it cannot tell.
+rv_network_interfaces() {
+    awk -F: 'NR > 2 { gsub(/[[:space:]]/, "", $1); print $1 }' /proc/self/net/dev
+}
+
+# Whether this process is already in a loopback-only namespace (a nested run).
+rv_loopback_only() {
+    [[ "$(rv_network_interfaces 2>/dev/null)" == lo ]]
+}
+
+# Set RV_ISOLATE to the command prefix that runs a command in a new loopback-only network
+# namespace (empty when already in one); fail, saying why on stderr, when none can be made.
+rv_loopback_namespace() {
+    local ip flags=-n bring_up
+    RV_ISOLATE=()
+    if rv_loopback_only; then
+        return 0
+    fi
+    # /usr/sbin is not on a Debian user's PATH.
+    ip="$(PATH="$PATH:/usr/sbin:/sbin" command -v ip)" || ip=""
+    if ! command -v unshare >/dev/null 2>&1 || [[ -z "$ip" ]]; then
+        printf 'unshare (util-linux) or ip (iproute2) is missing\n' >&2
+        return 1
+    fi
+    bring_up="$ip link set lo up && exec \"\$@\""
+    if [[ "$(id -u)" -ne 0 ]]; then
+        flags=-rn
+        bring_up="$ip link set lo up && exec unshare --map-user=$(id -u) --map-group=$(id -g) \"\$@\""
+    fi
+    if ! unshare "$flags" sh -c "$bring_up" sh true >&2; then
+        printf 'unshare %s could not make a network namespace here\n' "$flags" >&2
+        return 1
+    fi
+    RV_ISOLATE=(unshare "$flags" sh -c "$bring_up" sh)
+}
+
+# Run pytest from the venv, in a loopback-only network namespace (above): under CI=true a
+# failure to make one fails the run; elsewhere the run goes on without, after one loud
+# line (the browser tests then skip themselves). Exit status 5 (nothing collected) is a
+# failure; under CI=true, so is any skipped test, since a missing component must never
+# pass as a skip.
 rv_run_pytest() {
     local - status=0 output
     set -o pipefail
+    if ! rv_loopback_namespace; then
+        if [[ "${CI:-}" == true ]]; then
+            printf 'pytest: cannot run the tests in a loopback-only network namespace (see above); under CI that is a failure: run as root with util-linux and iproute2 installed\n' >&2
+            return 1
+        fi
+        printf '==> WARNING: no loopback-only network namespace (see above): the tests run on the machine'"'"'s network and the browser tests skip\n' >&2
+    fi
     if [[ "${CI:-}" == true ]]; then
         output="$(mktemp)"
-        "$RV_VENV/bin/python" -m pytest "$@" 2>&1 | tee "$output" || status="${PIPESTATUS[0]}"
+        "${RV_ISOLATE[@]}" "$RV_VENV/bin/python" -m pytest "$@" 2>&1 | tee "$output" || status="${PIPESTATUS[0]}"
         # Only pytest's closing line: a test's own name or output may say "skipped".
         if ((status == 0)) && tail -n 1 "$output" | grep -Eq '[0-9]+ skipped'; then
             printf 'pytest: tests were skipped; under CI a missing component is a failure, never a skip (see the SKIPPED lines above)\n' >&2
@@ -167,7 +222,7 @@ rv_run_pytest() {
         fi
         rm -f -- "$output"
     else
-        "$RV_VENV/bin/python" -m pytest "$@" || status=$?
+        "${RV_ISOLATE[@]}" "$RV_VENV/bin/python" -m pytest "$@" || status=$?
     fi
     if ((status == 5)); then
         printf 'pytest: no tests were collected (exit 5); that is a failure, not a pass: check the paths and -k/-m expressions given\n' >&2

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from rendezvous.api import admin, health, ice, rooms, websocket
+from rendezvous.api import admin, demo, health, ice, rooms, websocket
 from rendezvous.api.deps import ApiError
 from rendezvous.auth import Authenticator
 from rendezvous.backends import create_backend
@@ -32,9 +32,15 @@ log = logging.getLogger(__name__)
 BACKEND_STOP_SECONDS = 0.5  # part of the drain deadline's shutdown reserve
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
-    """Build the app; `backend` lets tests share one broker between several apps."""
+def create_app(
+    settings: Settings | None = None, *, backend: Backend | None = None, dev_mode: bool = False
+) -> FastAPI:
+    """Build the app; `backend` lets tests share one broker between several apps.
+    `dev_mode` (only `rendezvous serve --dev` with no key of its own sets it) adds the
+    demo page's token endpoint, signing with `settings.jwt_secret_key`, the dev key."""
     settings = settings or load_settings()
+    if dev_mode and not settings.jwt_secret_key:
+        raise ValueError("dev mode signs tokens with the dev key: jwt_secret_key must be set")
     tracing_config = read_tracing_config()  # a bad OTEL_* value: ConfigError before anything starts
     _redact_server_logs()
     backend = backend or create_backend(settings)
@@ -64,8 +70,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         drainer=Drainer(hub, window_seconds=settings.drain_window_seconds),
         spans=spans,
     )
-    for module in (websocket, ice, rooms, health, admin):
+    for module in (websocket, ice, rooms, health, admin, demo):
         app.include_router(module.router)
+    if dev_mode:
+        app.include_router(demo.dev_router(key=settings.jwt_secret_key or ""))
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     return app
 

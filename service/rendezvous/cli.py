@@ -113,12 +113,14 @@ def _serve(args: argparse.Namespace) -> int:
         dev_token = mint_token(
             key=settings.jwt_secret_key or "", user_id="dev-user", ttl_seconds=DEV_TOKEN_TTL_SECONDS
         )
-    app = create_app(settings)
+    app = create_app(settings, dev_mode=dev_token is not None)
     instance_id = app.state.services.backend.instance_id
     log_config = logging_config(debug=settings.debug, instance_id=instance_id)
     logging.config.dictConfig(log_config)
     if dev_token is not None:
         _announce_dev_mode(args.host, args.port, dev_token)
+    elif args.dev:
+        _warn_dev_mode_off()
     config = uvicorn_config(app, settings, host=args.host, port=args.port, log_config=log_config)
     server = DrainingServer(
         config,
@@ -131,17 +133,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _announce_dev_mode(host: str, port: int, token: str) -> None:
     logging.getLogger("rendezvous").warning(
-        "DEV MODE: tokens are signed with a local development key (%s); not for production",
+        "DEV MODE: tokens are signed with a local development key (%s), and anyone who can "
+        "reach this server gets one from POST /webrtc/dev/token; not for production",
         dev_secret_path(),
     )
-    base = f"{host}:{port}"
+    base = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     print(
         f"\nRendezvous dev mode on http://{base}\n"
+        f"  demo page:        http://{base}/demo/\n"
         f"  dev token (24 h): {token}\n"
         f"  WebSocket URL:    ws://{base}/webrtc/ws/demo?token={token}\n"
         f"  ICE config:       curl -H 'Authorization: Bearer {token}' http://{base}/webrtc/config\n"
         f"  more tokens:      rendezvous token --user alice --room demo --ttl 1h\n",
         flush=True,
+    )
+
+
+def _warn_dev_mode_off() -> None:
+    # A configured key always wins: minting tokens for anyone who asks must never come
+    # from a flag left in a deployment's command line.
+    logging.getLogger("rendezvous").warning(
+        "--dev IGNORED: a JWT key is configured (JWT_SECRET_KEY, JWT_PUBLIC_KEY or "
+        "JWT_JWKS_URL), so dev mode is OFF: no dev token, /webrtc/dev answers 404, and the "
+        "demo page asks for a token"
     )
 
 

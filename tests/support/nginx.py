@@ -8,7 +8,10 @@ inside DIR, on a free 127.0.0.1 port.
 `ip_hash` hashes the first three octets of a client's IPv4 address, so every client on
 127.0.0.1 lands on one upstream. `connect_from`, `joined_from` and `http_from` bind a
 client to a chosen loopback source address (`source_address(n)` is 127.0.n.1), and
-`source_for_upstream(i, count)` names one that ip_hash sends to upstream i.
+`source_for_upstream(i, count)` names one that ip_hash sends to upstream i. Browsers
+cannot choose a source address: with `pinned_listeners=True` nginx also listens on one
+more port per upstream (`pinned_url(i)`), proxying only to upstream i, with the same
+locations, so each browser reaches the instance its listener names.
 """
 
 from __future__ import annotations
@@ -45,12 +48,15 @@ class Nginx(Component):
         upstream_ports: Sequence[int],
         *,
         balance: Balance = "ip_hash",
+        pinned_listeners: bool = False,
     ) -> None:
         assert upstream_ports, "nginx needs at least one upstream"
         self.directory = directory
         self.upstream_ports = list(upstream_ports)
         self.balance: Balance = balance
         self.port = unused_port()
+        # pinned_ports[i] proxies to upstream_ports[i] alone.
+        self.pinned_ports = [unused_port() for _ in upstream_ports] if pinned_listeners else []
         self.config_path = directory / "nginx.conf"
         self.error_log_path = directory / "error.log"
         self.access_log_path = directory / "access.log"
@@ -78,6 +84,11 @@ class Nginx(Component):
     def ws_url(self, room: str, token: str | None = None) -> str:
         query = f"?token={token}" if token is not None else ""
         return f"ws://{HOST}:{self.port}/webrtc/ws/{room}{query}"
+
+    def pinned_url(self, index: int) -> str:
+        """The base URL of the listener that proxies to upstream `index` alone."""
+        assert self.pinned_ports, "started without pinned_listeners=True"
+        return f"http://{HOST}:{self.pinned_ports[index]}"
 
     @property
     def running(self) -> bool:
@@ -109,7 +120,7 @@ class Nginx(Component):
         upstreams = "".join(f"        server {HOST}:{port};\n" for port in self.upstream_ports)
         method = "" if self.balance == "round_robin" else f"        {self.balance};\n"
         d = self.directory
-        timeout = f"{UPSTREAM_READ_TIMEOUT_SECONDS}s"
+        pinned = self._pinned_config()
         return f"""{user}worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -135,11 +146,33 @@ http {{
     upstream rendezvous {{
 {method}{upstreams}    }}
 
+{self._server(self.port, "rendezvous")}{pinned}}}
+"""
+
+    def _pinned_config(self) -> str:
+        """One single-server upstream and one listener per pinned port (none without)."""
+        if not self.pinned_ports:
+            return ""
+        blocks = []
+        for index, (listen, upstream) in enumerate(
+            zip(self.pinned_ports, self.upstream_ports, strict=True)
+        ):
+            name = f"rendezvous_{index}"
+            blocks.append(f"""
+    upstream {name} {{
+        server {HOST}:{upstream};
+    }}
+{self._server(listen, name)}""")
+        return "".join(blocks)
+
+    def _server(self, listen: int, upstream: str) -> str:
+        timeout = f"{UPSTREAM_READ_TIMEOUT_SECONDS}s"
+        return f"""
     server {{
-        listen {HOST}:{self.port};
+        listen {HOST}:{listen};
 
         location /webrtc/ {{
-            proxy_pass http://rendezvous;
+            proxy_pass http://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -153,14 +186,13 @@ http {{
         }}
 
         location / {{
-            proxy_pass http://rendezvous;
+            proxy_pass http://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_connect_timeout 5s;
         }}
     }}
-}}
 """
 
     def _up(self) -> None:
@@ -168,11 +200,11 @@ http {{
         self.config_path.write_text(self.config())
         self._daemon.start()
         deadline = time.monotonic() + READY_DEADLINE_SECONDS
-        while not port_open(self.port):
+        while not all(port_open(port) for port in (self.port, *self.pinned_ports)):
             if not self._daemon.running or time.monotonic() > deadline:
                 self._down()
                 raise AssertionError(
-                    f"nginx did not start listening on {self.port}:\n"
+                    f"nginx did not start listening on {self.port} {self.pinned_ports}:\n"
                     f"{self._daemon.log()}{self.error_log()}"
                 )
             time.sleep(_POLL_SECONDS)
