@@ -19,6 +19,7 @@ import jwt
 import pytest
 
 from rendezvous.api.demo import DEV_TOKEN_TTL_SECONDS, WEB_DIRECTORY, slug
+from rendezvous.protocol import CloseCode, ErrorCode
 from tests.support.client import joined
 from tests.support.process import Served, cli_env, require_program, serving
 from tests.support.server import running_server
@@ -166,6 +167,57 @@ def _node_check(source: str) -> subprocess.CompletedProcess[str]:
         timeout=NODE_TIMEOUT_SECONDS,
         check=False,
     )
+
+
+# messages.js: a sentence for every code the service can send
+
+MESSAGES_JS = WEB_DIRECTORY / "messages.js"
+# Close codes the service causes beyond its CloseCode enum: 1006 (no close frame: the
+# connection dropped, or the handshake was refused, e.g. HTTP 503 while draining) and 1007
+# (invalid UTF-8, closed by the WebSocket layer; DESIGN.md section 3).
+TRANSPORT_CLOSE_CODES = (1006, 1007)
+
+
+def object_keys(source: str, name: str) -> list[str]:
+    """The keys of `const NAME = { ... };` in `source`, in order, duplicates kept: one key
+    per line at the object's two-space indent (`key:`, `"key":` or `1006:`); the values'
+    continuation lines are indented deeper, so they never match."""
+    body = re.search(rf"^const {name} = \{{\n(.*?)^\}};$", source, re.MULTILINE | re.DOTALL)
+    assert body is not None, f"no `const {name} = {{...}};` in messages.js"
+    keys = re.findall(r'^  (?:"([^"]+)"|([A-Za-z_]\w*|\d+)):', body.group(1), re.MULTILINE)
+    return [quoted or bare for quoted, bare in keys]
+
+
+def test_messages_js_explains_every_error_code_of_the_protocol() -> None:
+    """Adding an ErrorCode without a sentence in ERROR_MESSAGES fails here (the page would
+    otherwise show a bare "Error: <code>.")."""
+    keys = object_keys(MESSAGES_JS.read_text(), "ERROR_MESSAGES")
+    assert len(keys) == len(set(keys)), keys  # a repeated key silently replaces the first
+    missing = sorted({code.value for code in ErrorCode} - set(keys))
+    assert missing == [], f"messages.js ERROR_MESSAGES lacks {missing}"
+    assert "network_error" in keys  # the page's own codes are read too: the whole object
+
+
+def test_messages_js_explains_every_close_code_the_service_uses() -> None:
+    keys = object_keys(MESSAGES_JS.read_text(), "CLOSE_MESSAGES")
+    assert len(keys) == len(set(keys)), keys
+    used = {int(code) for code in CloseCode} | set(TRANSPORT_CLOSE_CODES)
+    missing = sorted(used - {int(key) for key in keys})
+    assert missing == [], f"messages.js CLOSE_MESSAGES lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "key"),
+    [("ERROR_MESSAGES", r'^  room_full: "[^\n]*\n', "room_full"),
+     ("CLOSE_MESSAGES", r"^  4001: [^\n]*\n", "4001")],
+)  # fmt: skip
+def test_the_key_reader_sees_a_missing_message(name: str, entry: str, key: str) -> None:
+    """The reader above, on messages.js with one entry cut out, misses exactly that one:
+    it reads the file's keys, not something that always passes."""
+    source = MESSAGES_JS.read_text()
+    cut = re.sub(entry, "", source, count=1, flags=re.MULTILINE)
+    assert cut != source, entry
+    assert set(object_keys(source, name)) - set(object_keys(cut, name)) == {key}
 
 
 # dev mode: off unless `serve --dev` with no key

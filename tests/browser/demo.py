@@ -61,6 +61,25 @@ _CHAT_LINE = """([from, text]) => {
 
 _PEER_PC = "window.rendezvous.peers.get(arg).pc"
 
+# #error once it is shown with this data-code and #status has reached this data-state (the
+# page shows a server's error frame first, then its close moves #status to "error").
+_ERROR_SHOWN = """([code, state]) => {
+  const error = document.querySelector('#error');
+  const status = document.querySelector('#status');
+  if (error.hidden || error.dataset.code !== code || status.dataset.state !== state) return null;
+  return { code: error.dataset.code, text: error.textContent, visible: error.checkVisibility(),
+           state: status.dataset.state, join_enabled: !document.querySelector('#join').disabled };
+}"""
+
+# messages.js's sentence for an error code, imported by the page's own URL (one module
+# instance with the page's); null when describeError only has its fallback for the code,
+# which returns the detail it is given where a known code ignores it.
+_ERROR_SENTENCE = """async (code) => {
+  const { describeError } = await import(new URL('messages.js', document.baseURI).href);
+  const sentence = describeError(code);
+  return describeError(code, 'a detail only the fallback shows') === sentence ? sentence : null;
+}"""
+
 
 def demo_url(
     base: str,
@@ -127,6 +146,36 @@ class DemoPage:
         assert shown == expected, items
         selves = [item["user_id"] for item in items if item["self"]]
         assert selves == [self.user_id], items
+
+    async def wait_error(self, code: str, *, state: str = "error") -> dict[str, Any]:
+        """Wait for #error shown with data-code=code while #status is at data-state=state;
+        what the page shows then: code, text, visible, state, join_enabled."""
+        shown: dict[str, Any] = await self.poll(
+            _ERROR_SHOWN,
+            [code, state],
+            what=f"#error[data-code={code}] with #status data-state={state}",
+            timeout=JOIN_TIMEOUT_SECONDS,
+        )
+        return shown
+
+    async def error_sentence(self, code: str) -> str:
+        """The sentence messages.js gives `code` (fails if it has none, only a fallback)."""
+        sentence: str | None = await self.evaluate(_ERROR_SENTENCE, code)
+        assert sentence, f"messages.js has no sentence for {code!r}"
+        return sentence
+
+    async def assert_error_explained(self, code: str) -> dict[str, Any]:
+        """#error shows `code`, visibly, with messages.js's own sentence for it, and #status
+        says data-state=error; what `wait_error` read."""
+        shown = await self.wait_error(code)
+        assert shown["visible"], shown
+        assert shown["text"] == await self.error_sentence(code), shown
+        return shown
+
+    async def status(self) -> dict[str, Any]:
+        """#status's data-state and #error (null when hidden), read now."""
+        described: dict[str, Any] = await self.evaluate(DESCRIBE)
+        return {"state": described["status"], "error": described["error"]}
 
     async def peer_field(self, user_id: str, field: str) -> str | None:
         """The text of the peer tile's [data-field=field], or None without a tile."""
