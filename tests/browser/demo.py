@@ -61,6 +61,48 @@ _CHAT_LINE = """([from, text]) => {
 
 _PEER_PC = "window.rendezvous.peers.get(arg).pc"
 
+# The connection to a peer once it is negotiated and settled with `count` transceivers, each
+# with a mid: stable, no offer in the making; the mids in order (null until then).
+_NEGOTIATED = """([userId, count]) => {
+  const peer = window.rendezvous.peers.get(userId);
+  if (!peer || peer.makingOffer || peer.pc.signalingState !== 'stable') return null;
+  const mids = peer.pc.getTransceivers().map((transceiver) => transceiver.mid);
+  return mids.length === count && mids.every((mid) => mid !== null) ? mids : null;
+}"""
+
+# Logs, per negotiation round, what the page did with one peer's descriptions. Each entry:
+# {round, kind, type, state, making_offer} with the signaling state (and mesh.js's
+# makingOffer) at that moment; kinds: "send" (our offer/answer, as the page sends it),
+# "receive" (theirs, as the server delivers it, before mesh.js handles it), "apply" (mesh.js
+# calls setRemoteDescription with it) and "state" (a signalingstatechange). Wraps the
+# SignalingClient's send and the connection's setRemoteDescription, which mesh.js looks up
+# at each call, so the page itself is unchanged.
+_RECORD_NEGOTIATION = """(userId) => {
+  const peer = window.rendezvous.peers.get(userId);
+  const signaling = window.rendezvous.signaling;
+  const pc = peer.pc;
+  const log = { round: 0, entries: [] };
+  window.negotiationLog = log;
+  const note = (kind, type = null) => log.entries.push({
+    round: log.round, kind, type, state: pc.signalingState, making_offer: peer.makingOffer });
+  const isDescription = (type) => type === 'offer' || type === 'answer';
+  pc.addEventListener('signalingstatechange', () => note('state'));
+  const setRemoteDescription = pc.setRemoteDescription.bind(pc);
+  pc.setRemoteDescription = (description) => {
+    note('apply', description.type);
+    return setRemoteDescription(description);
+  };
+  const send = signaling.send.bind(signaling);
+  signaling.send = (type, payload) => {
+    if (isDescription(type) && payload.target_user_id === userId) note('send', type);
+    return send(type, payload);
+  };
+  signaling.addEventListener('frame', ({ detail }) => {
+    if (isDescription(detail.type) && detail.sender_id === userId) note('receive', detail.type);
+  });
+  return true;
+}"""
+
 # #error once it is shown with this data-code and #status has reached this data-state (the
 # page shows a server's error frame first, then its close moves #status to "error").
 _ERROR_SHOWN = """([code, state]) => {
@@ -197,15 +239,45 @@ class DemoPage:
         assert await self.peer_field(user_id, "ice-state") in ("connected", "completed")
         assert await self.peer_field(user_id, "signaling-state") == "stable"
 
-    async def wait_video_from(self, user_id: str) -> int:
-        """Video frames decoded from `user_id` (inbound-rtp framesDecoded), once > 0."""
+    async def wait_video_from(self, user_id: str, *, more_than: int = 0) -> int:
+        """Video frames decoded from `user_id` (inbound-rtp framesDecoded), once more than
+        `more_than` (a count read earlier: the video still decodes)."""
+        above = (
+            f"async ([arg, floor]) => {{ const frames = await ({frames_decoded(_PEER_PC)})(arg);"
+            " return frames > floor ? frames : null; }"
+        )
         frames: int = await self.poll(
-            frames_decoded(_PEER_PC),
-            user_id,
-            what=f"video decoded from {user_id}",
+            above,
+            [user_id, more_than],
+            what=f"more than {more_than} video frames decoded from {user_id}",
             timeout=CALL_TIMEOUT_SECONDS,
         )
         return frames
+
+    async def wait_negotiated(self, user_id: str, *, transceivers: int) -> list[str]:
+        """Wait until the connection to `user_id` is stable, with no offer in the making,
+        and has `transceivers` transceivers, each with a mid; the mids, in order."""
+        mids: list[str] = await self.poll(
+            _NEGOTIATED,
+            [user_id, transceivers],
+            what=f"stable connection to {user_id} with {transceivers} transceivers with mids",
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+        return mids
+
+    async def record_negotiation(self, user_id: str) -> None:
+        """From now on, log what happens to the descriptions exchanged with `user_id`
+        (`_RECORD_NEGOTIATION`), under round 0 until `start_round`."""
+        assert await self.evaluate(_RECORD_NEGOTIATION, user_id)
+
+    async def start_round(self, number: int) -> None:
+        """Log what follows under round `number`."""
+        await self.evaluate("(number) => { window.negotiationLog.round = number; }", number)
+
+    async def negotiation_log(self) -> list[dict[str, Any]]:
+        """The entries `record_negotiation` logged so far, oldest first."""
+        entries: list[dict[str, Any]] = await self.evaluate("() => window.negotiationLog.entries")
+        return entries
 
     async def selected_pair(self, user_id: str) -> dict[str, Any]:
         """The selected candidate pair of the connection to `user_id` (once there is one)."""
