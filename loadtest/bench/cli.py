@@ -1,10 +1,11 @@
 """Rendezvous against the PeerJS server: relayed messages/s, one-way latency at a fixed
 load and server CPU per 1,000 relayed messages for (a) Rendezvous alone, (b) Rendezvous
 across two instances and Redis, (c) the PeerJS server (installed from npm into a cache
-directory); memory per idle connection; join latency. Prints tables, the ratios to PeerJS
-and the issue's targets, and writes JSON with `--json`.
+directory); memory per idle connection; join latency; and the ceiling of the Redis under
+(b): `redis-benchmark` PUBLISH/SPUBLISH rates. Prints tables, the ratios to PeerJS and the
+issue's targets, and writes JSON with `--json`.
 
-    .venv/bin/python -m loadtest.bench [--quick] [--only relay,memory,join] [--json PATH]
+    .venv/bin/python -m loadtest.bench [--quick] [--only relay,memory,join,redis] [--json PATH]
 
 Everything runs on 127.0.0.1; every part is bounded in time, and whatever a part started
 is stopped when it ends, fails, or the run gets Ctrl-C or SIGTERM.
@@ -30,15 +31,17 @@ from typing import Any
 
 import orjson
 
-from loadtest.bench import idling, joining, relaying
+from loadtest.bench import idling, joining, publishing, relaying
 from loadtest.bench.dialects import Dialect, offer_template
 from loadtest.bench.idling import MemoryFigures
 from loadtest.bench.joining import JoinFigures
+from loadtest.bench.publishing import PublishRun, PublishSettings
 from loadtest.bench.relaying import Load, RelayFigures, RelaySettings
 from loadtest.bench.report import (
     number,
     print_join,
     print_memory,
+    print_publish,
     print_relay,
     print_targets,
     relay_ratios,
@@ -53,15 +56,18 @@ from loadtest.bench.servers import (
     install_peerjs,
     running,
 )
-from loadtest.bench_relay import make_sdp
+from loadtest.bench_relay import HOST, make_sdp
 
-PARTS = ("relay", "memory", "join")
+PARTS = ("relay", "memory", "join", "redis")
+TARGET_PARTS = ("relay", "memory", "join")  # the parts run against the targets
 QUICK = {
     "seconds": 3.0,
     "warmup": 1.0,
     "rounds": 1,
     "join_seconds": 3.0,
     "connections": "1000",
+    "publish_requests": "50000,10000",
+    "publish_rounds": 1,
 }
 DEFAULTS = {
     "seconds": 5.0,
@@ -69,6 +75,8 @@ DEFAULTS = {
     "rounds": 3,
     "join_seconds": 10.0,
     "connections": "1000,10000",
+    "publish_requests": "200000,50000",
+    "publish_rounds": 3,
 }
 # File descriptors a client process needs besides its connections (pipes, the loop, logs).
 CLIENT_FD_MARGIN = 200
@@ -83,6 +91,7 @@ class Config:
     connections: tuple[int, ...]
     join_rate: float
     join_seconds: float
+    publish: PublishSettings
     peerjs_cache: Path
     json_path: Path | None
 
@@ -93,6 +102,7 @@ class Results:
     relay_rounds: list[RelayFigures] = field(default_factory=list)
     memory: list[MemoryFigures] = field(default_factory=list)
     join: list[JoinFigures] = field(default_factory=list)
+    redis: PublishRun | None = None
 
 
 def service_revision() -> str:
@@ -138,8 +148,10 @@ def run(config: Config) -> Results:
         f"  clients   asyncio + websockets {websockets_version} (uvloop), in processes of "
         "their own, on 127.0.0.1"
     )
+    if "redis" in config.parts:
+        publishing.require_programs()  # before the other parts' minutes, not after
     peerjs: PeerJS | None = None
-    if TargetKind.PEERJS in config.targets:
+    if TargetKind.PEERJS in config.targets and set(config.parts) & set(TARGET_PARTS):
         peerjs = install_peerjs(config.peerjs_cache)
         print(
             f"  peerjs    {PEERJS_PACKAGE}@{peerjs.version} (ws {peerjs.ws_version}) on node "
@@ -154,8 +166,12 @@ def run(config: Config) -> Results:
             _memory(config, directory, secret, peerjs, results)
         if "join" in config.parts:
             _join(config, directory, secret, peerjs, results)
-    lines = targets(results.relay, results.memory, results.join)
-    print_targets(lines)
+        if "redis" in config.parts:
+            _redis(config, directory, results)
+    lines = []
+    if set(config.parts) & set(TARGET_PARTS):
+        lines = targets(results.relay, results.memory, results.join)
+        print_targets(lines)
     ended_load = load_average()
     print(f"\nload average {ended_load} at the end ({os.cpu_count()} CPUs)")
     if config.json_path is not None:
@@ -181,6 +197,7 @@ def run(config: Config) -> Results:
             "relay_ratios_to_peerjs": relay_ratios(results.relay),
             "memory": results.memory,
             "join": results.join,
+            "redis": results.redis,
             "targets": lines,
         }
         config.json_path.write_bytes(
@@ -284,6 +301,35 @@ def _join(
     print_join(results.join)
 
 
+def _redis(config: Config, directory: Path, results: Results) -> None:
+    run = results.redis = PublishRun(config.publish)
+    with publishing.running(run, _workdir(directory, "redis")) as stand:
+        print(
+            f"\nredis: redis-server {run.redis_version}, pid {run.redis_pid}, "
+            f"{HOST}:{run.redis_port}, no persistence; redis-benchmark "
+            f"{run.benchmark_version}; subscribers: pids "
+            f"{' '.join(str(pid) for pid in run.subscriber_pids)}",
+            flush=True,
+        )
+        rounds = config.publish.rounds
+        for index in range(1, rounds + 1):
+            for command, subscribed, pipeline in publishing.cases(run.commands):
+                figures = publishing.measure(
+                    stand, command, subscribed=subscribed, pipeline=pipeline
+                )
+                run.rounds.append(figures)
+                print(
+                    f"  round {index}/{rounds}, {command}, {figures.subscribers} subscribers, "
+                    f"-P {pipeline}: "
+                    f"{figures.requests_per_second:,.0f} requests/s, "
+                    f"{figures.redis_cpu_seconds_per_1k * 1000:.2f} ms redis CPU per 1k",
+                    flush=True,
+                )
+    count = len(publishing.cases(run.commands))
+    run.figures = [publishing.median(run.rounds[i::count]) for i in range(count)]
+    print_publish(run)
+
+
 def raise_file_limit(connections: Sequence[int]) -> None:
     """Lift this process's open-files limit to its hard limit; the servers and the client
     processes inherit it. The biggest run needs its connections plus a margin."""
@@ -306,13 +352,20 @@ def _csv(text: str, choices: Sequence[str], option: str) -> tuple[str, ...]:
     return items
 
 
+def _two_counts(text: str, option: str) -> tuple[int, int]:
+    counts = tuple(int(n) for n in text.split(","))
+    if len(counts) != 2:
+        raise argparse.ArgumentTypeError(f"{option}: two counts, N,M (got {text!r})")
+    return counts[0], counts[1]
+
+
 def parse_args(argv: Sequence[str] | None) -> Config:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     add = parser.add_argument
-    add("--only", default=",".join(PARTS), help="parts to run: relay,memory,join (all)")
+    add("--only", default=",".join(PARTS), help="parts to run: relay,memory,join,redis (all)")
     add(
         "--targets",
         default=",".join(TargetKind),
@@ -322,7 +375,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     add(
         "--quick",
         action="store_true",
-        help="relay: 1 round of 3 s windows; join: 3 s; memory: 1,000 connections",
+        help="relay: 1 round of 3 s windows; join: 3 s; memory: 1,000 connections; redis: 1 "
+        "round of 50,000 and 10,000 requests",
     )
     add("--seconds", type=float, help="relay: measured window per load and round (5; quick 3)")
     add("--warmup", type=float, help="relay: warm-up before each window (1)")
@@ -335,6 +389,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     add("--connections", help="memory: connection counts (1000,10000; quick 1000)")
     add("--join-rate", type=float, default=100.0, help="join: joins/s offered (100)")
     add("--join-seconds", type=float, help="join: how long (10; quick 3)")
+    add("--publish-bytes", type=int, default=1200, help="redis: PUBLISH payload size (1200)")
+    add(
+        "--publish-requests",
+        help="redis: requests per run, pipelined (-P 16),unpipelined (200000,50000; quick "
+        "50000,10000)",
+    )
+    add("--publish-rounds", type=int, help="redis: rounds over the cases, medians (3; quick 1)")
     add("--peerjs-cache", type=Path, default=PEERJS_CACHE, help=f"npm prefix ({PEERJS_CACHE})")
     add("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -346,6 +407,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         parts = _csv(args.only, PARTS, "--only")
         kinds = tuple(TargetKind(k) for k in _csv(args.targets, list(TargetKind), "--targets"))
         connections = tuple(int(n) for n in str(args.connections).split(","))
+        pipelined, unpipelined = _two_counts(args.publish_requests, "--publish-requests")
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
     if (
@@ -356,11 +418,16 @@ def parse_args(argv: Sequence[str] | None) -> Config:
             args.client_processes,
             args.sdp_bytes,
             *connections,
+            args.publish_bytes,
+            args.publish_rounds,
+            pipelined,
+            unpipelined,
         )
         < 1
     ):
         parser.error(
-            "--pairs, --rounds, --window, --client-processes, --sdp-bytes, --connections >= 1"
+            "--pairs, --rounds, --window, --client-processes, --sdp-bytes, --connections, "
+            "--publish-bytes, --publish-rounds, --publish-requests >= 1"
         )
     if min(args.seconds, args.rate, args.join_rate, args.join_seconds) <= 0 or args.warmup < 0:
         parser.error("durations and rates must be positive (--warmup may be 0)")
@@ -380,6 +447,12 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         connections=tuple(2 * (n // 2) or 2 for n in connections),  # whole rooms of 2
         join_rate=args.join_rate,
         join_seconds=args.join_seconds,
+        publish=PublishSettings(
+            payload_bytes=args.publish_bytes,
+            pipelined_requests=pipelined,
+            unpipelined_requests=unpipelined,
+            rounds=args.publish_rounds,
+        ),
         peerjs_cache=args.peerjs_cache,
         json_path=args.json,
     )

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from loadtest.bench.idling import MemoryFigures
 from loadtest.bench.joining import JoinFigures
+from loadtest.bench.publishing import PublishRun
 from loadtest.bench.relaying import Load, RelayFigures, RelaySettings
 from loadtest.bench.servers import TargetKind
+from loadtest.bench_relay import HOST
 
 GIB = 1024**3
 MIB = 1024**2
@@ -174,6 +176,55 @@ def print_join(figures: Sequence[JoinFigures]) -> None:
         )
         if f.failures:
             print(f"  {'':<26}failures: {f.failures}")
+
+
+def print_publish(run: PublishRun) -> None:
+    settings = run.settings
+    medians = f", medians of {settings.rounds} rounds" if settings.rounds > 1 else ""
+    print(
+        f"\nRedis PUBLISH{medians}: redis-benchmark {run.benchmark_version}, "
+        f"{settings.clients} clients (-c {settings.clients}), payloads of "
+        f"{settings.payload_bytes} bytes, against a redis-server {run.redis_version} of its own "
+        f"({HOST}:{run.redis_port}, no persistence, no limit on subscribers' output buffers)"
+    )
+    print(
+        f"subscribers: {len(run.subscriber_pids)} processes subscribed to the channel, reading "
+        "all they are sent (with 0, the channel published to has none); requests/s: "
+        "redis-benchmark's, as the publishers got their replies; delivered/s: until every "
+        "subscriber had read everything; peak buffer: the largest output buffer Redis held for "
+        "a subscriber; redis CPU: user + system of redis-server over the same span"
+    )
+    print(
+        f"  {'command':<10}{'subscribers':>12}{'pipeline':>9}{'requests':>10}"
+        f"{'requests/s':>12}{'delivered/s':>12}{'peak buffer':>16}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'redis CPU ms/1k':>16}"
+    )
+    for f in run.figures:
+        peak = f"{f.subscriber_buffer_peak_bytes / MIB:.1f} MiB" if f.subscribers else "-"
+        print(
+            f"  {f.command:<10}{f.subscribers:>12}{f.pipeline:>9}{f.requests:>10,}"
+            f"{f.requests_per_second:>12,.0f}{number(f.delivered_per_second, ',.0f'):>12}"
+            f"{peak:>16}{number(f.latency_p50_ms, '.2f'):>8}"
+            f"{number(f.latency_p99_ms, '.2f'):>8}{f.redis_cpu_seconds_per_1k * 1000:>16.2f}"
+        )
+        if f.subscribers_after != f.subscribers:
+            print(f"  {'':<10}only {f.subscribers_after} of {f.subscribers} still subscribed after")
+    if settings.rounds > 1:
+        _print_publish_rounds(run)
+    for note in run.skipped:
+        print(f"  skipped: {note}")
+
+
+def _print_publish_rounds(run: PublishRun) -> None:
+    print(f"by round, 1 to {run.settings.rounds} (requests/s | delivered/s | redis CPU ms/1k):")
+    for f in run.figures:
+        case = (f.command, f.subscribers, f.pipeline)
+        mine = [r for r in run.rounds if (r.command, r.subscribers, r.pipeline) == case]
+        rates = " ".join(f"{r.requests_per_second:,.0f}" for r in mine)
+        delivered = " ".join(number(r.delivered_per_second, ",.0f") for r in mine)
+        cpus = " ".join(f"{r.redis_cpu_seconds_per_1k * 1000:.2f}" for r in mine)
+        name = f"{f.command}, {f.subscribers} subscribers, -P {f.pipeline}"
+        print(f"  {name:<32}{rates} | {delivered} | {cpus}")
 
 
 @dataclass(frozen=True)
