@@ -447,3 +447,35 @@ async def test_rejoin_during_a_join_leaves_the_user_present(
     await joining
     frames = await received(bob)
     assert view(frames) == {"alice", "eve", "bob"}
+
+
+@pytest.mark.parametrize(
+    ("code", "close_code"),
+    [(ErrorCode.KICKED, CloseCode.KICKED), (ErrorCode.ROOM_CLOSED, CloseCode.ROOM_CLOSED)],
+)
+async def test_a_joiner_kicked_or_closed_before_it_is_admitted_is_refused_not_a_ghost(
+    instances: tuple[Instance, Instance], code: ErrorCode, close_code: CloseCode
+) -> None:
+    """An admin's kick (or close) on another instance lands between the joiner's backend
+    join and its admission: it must not be admitted, nor announced after its departure."""
+    one, two = instances
+    alice, _ = await one.joined("alice")
+    bob = RecordingPeer("bob")
+    joining = await two.held_join(bob, after_snapshot=True)
+    if code is ErrorCode.KICKED:
+        assert await one.hub.kick("r1", "bob") == bob.member
+    else:
+        assert set(await one.hub.close_room("r1")) == {alice.member, bob.member}
+    await asyncio.sleep(0.05)  # the event reaches the joiner's hub, which buffers it
+    two.backend.gate.set()
+    with pytest.raises(SignalingError) as refused:
+        await joining
+    assert (refused.value.code, refused.value.close_code) == (code, close_code)
+    await bob.expect_nothing()  # no room_state
+    await alice.expect_nothing(0.3)  # neither user_joined nor user_left for bob
+    if code is ErrorCode.KICKED:
+        assert await one.backend.members("r1") == (alice.member,)
+        assert alice.closed_with == []
+    else:
+        assert await one.backend.members("r1") == ()
+        assert [e.code for e in alice.closed_with] == [ErrorCode.ROOM_CLOSED]

@@ -135,6 +135,8 @@ def test_every_fatal_code_has_its_design_close_code() -> None:
         "slow_consumer": 1013,
         "server_draining": 1012,
         "internal_error": 1011,
+        "kicked": 4002,  # the admin API's (README "Admin API")
+        "room_closed": 4003,
     }
     assert {code.value: int(close) for code, close in CLOSE_CODES.items()} == expected
     # backend_unavailable closes 1013 only for a refused join; a frame is just dropped.

@@ -149,7 +149,12 @@ class Hub:
             if isinstance(exc, BackendUnavailableError):
                 raise exc.to_signaling(refuses_join=True) from exc
             raise
-        self._admit(room, peer, result, room.joining.pop(member.session_id))
+        joining = room.joining.pop(member.session_id)
+        ended = _ended_while_joining(joining.messages, member)
+        if ended is not None:  # kicked, closed or replaced before it was admitted:
+            await self._release(room)  # announcing it now would make it a ghost
+            raise ended
+        self._admit(room, peer, result, joining)
         return room
 
     def _admit(self, room: LocalRoom, peer: Peer, result: JoinResult, joining: _Joining) -> None:
@@ -234,8 +239,30 @@ class Hub:
 
     def expired(self, room_id: str, member: Member) -> None:
         """Announce a member the reaper removed (its instance stopped refreshing it)."""
+        self._announce(room_id, member, LeaveReason.TIMEOUT)
+
+    async def kick(self, room_id: str, user_id: str) -> Member | None:
+        """Remove a member wherever it is connected (an admin's kick); None if it is not
+        in the room. Presence is changed here, so the departure is announced once even if
+        the member's instance is dead; that instance, if alive, closes it on the event."""
+        member = await self._backend.evict(room_id, user_id)
+        if member is not None:
+            self._announce(room_id, member, LeaveReason.KICKED)
+        return member
+
+    async def close_room(self, room_id: str) -> tuple[Member, ...]:
+        """Remove every member of a room (an admin's close); each member's instance closes
+        its session with `room_closed`. Returns who was removed."""
+        members = await self._backend.evict_all(room_id)
+        for member in members:
+            self._announce(room_id, member, LeaveReason.ROOM_CLOSED)
+        return members
+
+    def _announce(self, room_id: str, member: Member, reason: LeaveReason) -> None:
+        """Announce a departure decided here, for a room this instance may not serve:
+        a transient LocalRoom emits it then."""
         room = self._rooms.get(room_id) or LocalRoom(room_id)
-        self._emit(room, self._event(room, member, LeaveReason.TIMEOUT))
+        self._emit(room, self._event(room, member, reason))
 
     def local_members(self) -> Iterator[tuple[str, Peer]]:
         for room in self._rooms.values():
@@ -434,10 +461,10 @@ class Hub:
             and local is not None
             and local.member.session_id == event.session_id
         ):
-            if event.reason == LeaveReason.REPLACED.value:
-                local.close(_replaced_error())  # the user rejoined on another instance
-            elif event.reason == LeaveReason.TIMEOUT.value:
+            if event.reason == LeaveReason.TIMEOUT.value:
                 local.time_out()  # reaped: its peers were told it left, so it must go
+            elif (error := _ending_error(event.reason)) is not None:
+                local.close(error)  # replaced elsewhere, kicked, or its room was closed
         for other in room.sessions.values():
             if other.member.user_id != user_id:
                 _tell(room, other, event)
@@ -480,6 +507,31 @@ def _replaced_error() -> SignalingError:
     return SignalingError(ErrorCode.SESSION_REPLACED, "you joined this room again elsewhere")
 
 
+def _ending_error(reason: str) -> SignalingError | None:
+    """The error that closes a session a LEFT event with `reason` is about, if any."""
+    if reason == LeaveReason.REPLACED.value:
+        return _replaced_error()  # the user rejoined, maybe on another instance
+    if reason == LeaveReason.KICKED.value:
+        return SignalingError(ErrorCode.KICKED, "an administrator removed you from this room")
+    if reason == LeaveReason.ROOM_CLOSED.value:
+        return SignalingError(ErrorCode.ROOM_CLOSED, "an administrator closed this room")
+    return None
+
+
+def _ended_while_joining(messages: list[BusMessage], member: Member) -> SignalingError | None:
+    """The error for a joiner whose very session a buffered LEFT event removed."""
+    for message in messages:
+        if (
+            message.kind is BusKind.LEFT
+            and message.user_id == member.user_id
+            and message.session_id == member.session_id
+        ):
+            error = _ending_error(message.reason)
+            if error is not None:
+                return error
+    return None
+
+
 def _tell(room: LocalRoom, peer: Peer, event: BusMessage) -> None:
     """Deliver a join/leave event unless it is no news to `peer`: a join it already knows
     of (from its room_state), or the departure of a session it was never told of."""
@@ -493,6 +545,8 @@ def _tell(room: LocalRoom, peer: Peer, event: BusMessage) -> None:
             if known.get(event.user_id) != event.session_id:
                 return
             del known[event.user_id]
+    if event.reason == LeaveReason.ROOM_CLOSED.value:
+        return  # everyone is leaving: each is told `room_closed` instead (see LeaveReason)
     peer.deliver(event.frame)
 
 

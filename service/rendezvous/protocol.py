@@ -5,12 +5,17 @@ from __future__ import annotations
 import enum
 import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9-]{1,64}")
+# orjson reads up to 1024 levels of nesting but writes at most 254, and the server
+# re-encodes every payload it accepts (pong, relay): one nested deeper than signaling ever
+# needs is refused on the way in, not failed on the way out.
+MAX_PAYLOAD_DEPTH = 32
 SERVER_SENDER_ID = "server"
 
 
@@ -19,6 +24,7 @@ class MessageType(enum.StrEnum):
     ANSWER = "answer"
     ICE_CANDIDATE = "ice_candidate"
     PING = "ping"
+    STATS = "stats"  # a call-quality report: recorded, never relayed (rendezvous.stats)
     PONG = "pong"
     ROOM_STATE = "room_state"
     USER_JOINED = "user_joined"
@@ -27,7 +33,7 @@ class MessageType(enum.StrEnum):
 
 
 RELAYED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.ICE_CANDIDATE})
-_CLIENT_TYPES = {t.value: t for t in (*RELAYED_TYPES, MessageType.PING)}
+_CLIENT_TYPES = {t.value: t for t in (*RELAYED_TYPES, MessageType.PING, MessageType.STATS)}
 _SERVER_ONLY_TYPES = frozenset(t.value for t in MessageType) - _CLIENT_TYPES.keys()
 
 
@@ -35,6 +41,11 @@ class LeaveReason(enum.StrEnum):
     LEFT = "left"
     TIMEOUT = "timeout"
     REPLACED = "replaced"
+    KICKED = "kicked"  # an admin removed the member (DELETE .../participants/{user_id})
+    # An admin closed the room: on the bus only. Nobody is told of the others' departure,
+    # since everyone gets the `room_closed` error (N members would otherwise get N-1 frames
+    # each, enough to overflow their send queues in a big room).
+    ROOM_CLOSED = "room_closed"
 
 
 class CloseCode(enum.IntEnum):
@@ -45,6 +56,8 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
     SESSION_REPLACED = 4001
+    KICKED = 4002
+    ROOM_CLOSED = 4003
 
 
 class ErrorCode(enum.StrEnum):
@@ -63,6 +76,9 @@ class ErrorCode(enum.StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     SERVER_DRAINING = "server_draining"
     INTERNAL_ERROR = "internal_error"
+    KICKED = "kicked"  # an admin removed this participant from the room
+    ROOM_CLOSED = "room_closed"  # an admin closed the room
+    NOT_FOUND = "not_found"  # HTTP only: an admin route's room or participant is not there
 
 
 # What each code does to the connection; absent means the frame is dropped and it stays open.
@@ -77,6 +93,8 @@ CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.SLOW_CONSUMER: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.SERVER_DRAINING: CloseCode.SERVICE_RESTART,
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
+    ErrorCode.KICKED: CloseCode.KICKED,
+    ErrorCode.ROOM_CLOSED: CloseCode.ROOM_CLOSED,
 }
 
 
@@ -157,17 +175,46 @@ def parse_client_frame(text: str, *, room_id: str) -> tuple[MessageType, dict[st
     if claimed_room is not None and claimed_room != room_id:
         raise invalid("'room_id' differs from the room of this connection")
     payload = frame.get("payload")
+    _check_depth(text, payload)
     if kind is MessageType.PING:
         return kind, {} if payload is None else _object(payload)
     payload = _object(payload)
     target = payload.get("target_user_id")
     if target is not None and type(target) is not str:
         raise invalid("'target_user_id' must be a string")
+    if kind is MessageType.STATS:
+        return kind, payload  # its fields are rendezvous.stats' to check
     if kind is MessageType.ICE_CANDIDATE:
         _normalise_candidate(payload)
     else:
         _check_description(kind, payload)
     return kind, payload
+
+
+def _check_depth(text: str, payload: object) -> None:
+    # Only a text with that many brackets can nest that deep: ordinary frames skip the walk.
+    if text.count("{") + text.count("[") <= MAX_PAYLOAD_DEPTH:
+        return
+    if _deeper_than(payload, MAX_PAYLOAD_DEPTH):
+        raise invalid(f"'payload' is nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether `value` nests objects and arrays more than `limit` levels deep (a loop, not
+    recursion: the input may be 1,000 levels deep)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if type(item) is dict:
+            children: Iterable[object] = item.values()
+        elif type(item) is list:
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _object(payload: object) -> dict[str, Any]:

@@ -35,9 +35,10 @@ from rendezvous.protocol import (
     parse_client_frame,
 )
 from rendezvous.serving import CONNECTION_EXTENSION, ConnectionControl
+from rendezvous.stats import parse_report
 from rendezvous.telemetry import spans as span_names
 from rendezvous.telemetry.metrics import Metrics
-from rendezvous.telemetry.spans import SignalingSpans, current, mark_refused
+from rendezvous.telemetry.spans import SignalingSpans, add_stats_event, current, mark_refused
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,8 @@ class Session:
                 self._describe(span, kind, payload, text)
             if kind is MessageType.PING:
                 self.deliver(encode(MessageType.PONG, payload, room_id=self._room_id))
+            elif kind is MessageType.STATS:
+                self._record_stats(payload, span)
             else:
                 if payload.get("target_user_id") is None:
                     # A broadcast costs one token per recipient; the first is paid above.
@@ -321,6 +324,23 @@ class Session:
             else:
                 self._metrics.error(error.code.value)
                 self.deliver(error_frame(error, room_id=self._room_id))
+
+    def _record_stats(self, payload: Mapping[str, Any], span: Span | None) -> None:
+        """A call-quality report: checked, then recorded; never relayed, never answered."""
+        report = parse_report(payload)  # a bad field refuses it whole: nothing recorded
+        self._metrics.call_quality.record(report)
+        if span is not None:
+            add_stats_event(
+                span,
+                rtt_ms=report.rtt_ms,
+                jitter_ms=report.jitter_ms,
+                packet_loss=report.packet_loss,
+                bitrate_kbps=report.bitrate_kbps,
+                candidate_pair=report.candidate_pair,
+            )
+            span.set_attribute(span_names.OUTCOME, "recorded")
+        if self._debug:
+            log.debug("Recorded stats", extra=self._log_context())
 
     def _describe(self, span: Span, kind: str, payload: Mapping[str, Any], text: str) -> None:
         """What a relay span says of its frame: never the body, only its size in bytes."""

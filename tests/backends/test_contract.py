@@ -18,6 +18,8 @@ from rendezvous.backends.base import (
     JoinResult,
     Member,
     RoomFullError,
+    RoomPage,
+    RoomSummary,
 )
 from tests.backends.conftest import Cluster
 
@@ -122,6 +124,12 @@ async def test_every_operation_on_a_stopped_backend_raises_unavailable(cluster: 
         await instance.backend.members("r1")
     with pytest.raises(BackendUnavailableError):
         await instance.backend.reap_expired()
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.evict("r1", "alice")
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.evict_all("r1")
+    with pytest.raises(BackendUnavailableError):
+        await instance.backend.active_rooms(after=None, limit=10)
     # The store itself is untouched: a stopped instance is a dead process, not a leave.
     other = await cluster.instance()
     assert await other.backend.members("r1") == (alice,)
@@ -353,3 +361,112 @@ async def test_leave_after_expiry_claims_the_member_so_the_reaper_does_not(
     left = await instance.backend.leave("r1", alice)
     reaped = await instance.reap("r1")
     assert (left, reaped) in [(True, []), (False, [("r1", alice)])]
+
+
+# The admin's kick and close: atomic removals, each member claimed once.
+
+
+async def test_evict_removes_a_live_member_for_exactly_one_caller(cluster: Cluster) -> None:
+    home = await cluster.instance()
+    admins = [await cluster.instance() for _ in range(2)]
+    alice, bob = member("alice"), member("bob")
+    await home.backend.join("r1", alice, capacity=10)
+    await home.backend.join("r1", bob, capacity=10)
+    results = await asyncio.gather(*(a.backend.evict("r1", "alice") for a in admins))
+    assert sorted(results, key=lambda r: r is None) == [alice, None]
+    assert await home.backend.members("r1") == (bob,)
+    # The evicted session is claimed: its own instance's leave announces nothing more.
+    assert await home.backend.leave("r1", alice) is False
+    assert await admins[0].backend.evict("r1", "nobody") is None
+    assert await admins[0].backend.evict("r2", "bob") is None
+    # Not a ban: the user may join again.
+    alice_again = member("alice")
+    assert set((await home.backend.join("r1", alice_again, capacity=10)).members) == {
+        alice_again,
+        bob,
+    }
+
+
+async def test_evict_leaves_an_expired_member_to_the_reaper(cluster: Cluster) -> None:
+    short = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    admin = await cluster.instance()
+    alice = member("alice")
+    await short.backend.join("r1", alice, capacity=10)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    assert await admin.backend.evict("r1", "alice") is None
+    assert await admin.backend.evict_all("r1") == ()
+    assert await admin.reap("r1") == [("r1", alice)]  # announced once, as a timeout
+
+
+async def test_evict_all_removes_every_live_member_once(cluster: Cluster) -> None:
+    short = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    home = await cluster.instance()
+    admins = [await cluster.instance() for _ in range(2)]
+    ghost = member("ghost")
+    await short.backend.join("r1", ghost, capacity=100)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    people = [member(f"user-{n}") for n in range(20)]
+    for person in people:
+        await home.backend.join("r1", person, capacity=100)
+    await home.backend.join("r2", member("elsewhere"), capacity=100)
+    batches = await asyncio.gather(*(a.backend.evict_all("r1") for a in admins))
+    evicted = [m for batch in batches for m in batch]
+    assert Counter(evicted) == Counter(people)  # everyone once, nobody twice
+    assert await home.backend.members("r1") == ()
+    assert [await home.backend.leave("r1", p) for p in people[:3]] == [False] * 3
+    assert len(await home.backend.members("r2")) == 1  # other rooms untouched
+    assert await admins[0].reap("r1") == [("r1", ghost)]  # the expired one: the reaper's
+    assert await admins[0].backend.evict_all("r1") == ()
+
+
+# Listing rooms, across instances, a page at a time.
+
+
+async def test_active_rooms_lists_live_rooms_by_id_with_counts_in_pages(
+    cluster: Cluster,
+) -> None:
+    short = await cluster.instance(presence_ttl_seconds=SHORT_TTL_SECONDS)
+    a = await cluster.instance()
+    b = await cluster.instance()
+    await short.backend.join("room-9-expired", member("ghost"), capacity=10)
+    await short.backend.join("room-3", member("ghost"), capacity=10)
+    await asyncio.sleep(EXPIRY_WAIT_SECONDS)
+    sizes = {f"room-{n}": n % 3 + 1 for n in range(7)}
+    for room, size in sizes.items():
+        for n in range(size):  # members on two instances
+            await (a if n % 2 else b).backend.join(room, member(f"u{n}"), capacity=10)
+    gone = member("gone")
+    await a.backend.join("room-0-left", gone, capacity=10)
+    await a.backend.leave("room-0-left", gone)
+    expected = [RoomSummary(room, size) for room, size in sorted(sizes.items())]
+
+    first = await b.backend.active_rooms(after=None, limit=3)
+    assert first == RoomPage(tuple(expected[:3]), "room-2")
+    second = await a.backend.active_rooms(after=first.next_cursor, limit=3)
+    assert second == RoomPage(tuple(expected[3:6]), "room-5")
+    third = await b.backend.active_rooms(after=second.next_cursor, limit=3)
+    assert third == RoomPage(tuple(expected[6:]), None)
+    assert await a.backend.active_rooms(after=None, limit=1000) == RoomPage(tuple(expected), None)
+
+
+async def test_active_rooms_pages_stay_consistent_as_rooms_come_and_go(cluster: Cluster) -> None:
+    """Each page is a snapshot of its own: a cursor stays valid when its room empties,
+    and a room created behind the cursor is not listed again."""
+    instance = await cluster.instance()
+    people = {f"room-{n}": member(f"u{n}") for n in range(6)}
+    for room, person in people.items():
+        await instance.backend.join(room, person, capacity=10)
+    first = await instance.backend.active_rooms(after=None, limit=2)
+    assert [r.room_id for r in first.rooms] == ["room-0", "room-1"]
+    await instance.backend.evict_all("room-1")  # the cursor's own room empties
+    await instance.backend.evict("room-2", people["room-2"].user_id)
+    await instance.backend.join("room-00", member("late"), capacity=10)  # behind the cursor
+    second = await instance.backend.active_rooms(after=first.next_cursor, limit=2)
+    assert [r.room_id for r in second.rooms] == ["room-3", "room-4"]
+    last = await instance.backend.active_rooms(after=second.next_cursor, limit=2)
+    assert last == RoomPage((RoomSummary("room-5", 1),), None)
+
+
+async def test_active_rooms_of_an_empty_store_is_one_empty_page(cluster: Cluster) -> None:
+    instance = await cluster.instance()
+    assert await instance.backend.active_rooms(after=None, limit=100) == RoomPage((), None)

@@ -16,6 +16,7 @@ _STATUS = {
     ErrorCode.FORBIDDEN_ROOM: 403,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.INVALID_MESSAGE: 400,
+    ErrorCode.NOT_FOUND: 404,
     ErrorCode.BACKEND_UNAVAILABLE: 503,
 }
 

@@ -8,6 +8,11 @@ Every backend passes `tests/backends/test_contract.py`. The hub relies on exactl
 - presence expires unless refreshed; reads never count an expired member; each expired
   member is returned by `reap_expired` to exactly one caller across all instances, or
   claimed by a `leave`, never both (so its departure is announced once);
+- `evict` and `evict_all` (the admin's kick and close) remove live members atomically,
+  each returned to exactly one caller, as `leave` does; an expired member stays the
+  reaper's;
+- `active_rooms` lists rooms with a live member across all instances, by room id, a page
+  at a time: each page is a snapshot of its own, not a transaction across pages;
 - after `stop`, every operation but `unsubscribe` raises BackendUnavailableError; stopping
   leaves presence alone (a stopped instance is a dead process, not a leave).
 """
@@ -15,7 +20,7 @@ Every backend passes `tests/backends/test_contract.py`. The hub relies on exactl
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from rendezvous.protocol import CloseCode, ErrorCode, SignalingError
@@ -38,6 +43,18 @@ class Member:
 class JoinResult:
     members: tuple[Member, ...]  # the room after the join, joiner included
     replaced: Member | None  # the same user's previous session, now gone
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    room_id: str
+    participant_count: int  # live members, on every instance
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPage:
+    rooms: tuple[RoomSummary, ...]  # sorted by room id
+    next_cursor: str | None  # pass as `after` for the next page; None: this was the last
 
 
 class BackendError(Exception):
@@ -139,3 +156,38 @@ class Backend(abc.ABC):
         """Remove the expired members of the rooms this instance subscribes to; each is
         returned to exactly one caller, ever. (A room no instance listens to has nobody
         to tell; its keys expire by themselves.)"""
+
+    @abc.abstractmethod
+    async def evict(self, room_id: str, user_id: str) -> Member | None:
+        """Remove the user's live session from the room; return it, or None if the user
+        has none (an expired one is left to `reap_expired`)."""
+
+    @abc.abstractmethod
+    async def evict_all(self, room_id: str) -> tuple[Member, ...]:
+        """Remove every live member of the room in one atomic step; return them."""
+
+    @abc.abstractmethod
+    async def active_rooms(self, *, after: str | None, limit: int) -> RoomPage:
+        """Up to `limit` rooms with a live member, whose ids sort after `after`, by id."""
+
+
+async def page_of(
+    room_ids: Sequence[str],
+    *,
+    after: str | None,
+    limit: int,
+    count: Callable[[Sequence[str]], Awaitable[Sequence[int]]],
+) -> RoomPage:
+    """The `active_rooms` page of `room_ids` (candidates, in any order): counted `limit`
+    at a time with `count` (live members of each), skipping rooms with nobody live."""
+    later = sorted({r for r in room_ids if after is None or r > after})
+    found: list[RoomSummary] = []
+    for start in range(0, len(later), limit):
+        chunk = later[start : start + limit]
+        for offset, (room_id, members) in enumerate(zip(chunk, await count(chunk), strict=True)):
+            if members:
+                found.append(RoomSummary(room_id, members))
+            if len(found) == limit:
+                more = start + offset + 1 < len(later)
+                return RoomPage(tuple(found), room_id if more else None)
+    return RoomPage(tuple(found), None)

@@ -26,6 +26,8 @@ from rendezvous.backends.base import (
     JoinResult,
     Member,
     RoomFullError,
+    RoomPage,
+    page_of,
 )
 from rendezvous.telemetry.histogram import PUBLISH_LATENCY_BUCKETS_SECONDS, LatencyHistogram
 
@@ -157,6 +159,35 @@ class MemoryBackend(Backend):
             if not entries:
                 self._broker.presence.pop(room_id, None)
         return reaped
+
+    async def evict(self, room_id: str, user_id: str) -> Member | None:
+        self._require_started()
+        if user_id not in self._broker.live(room_id):
+            return None  # absent, or expired: the reaper's
+        member, _ = self._broker.presence[room_id].pop(user_id)
+        self._forget_if_empty(room_id)
+        return member
+
+    async def evict_all(self, room_id: str) -> tuple[Member, ...]:
+        self._require_started()
+        live = self._broker.live(room_id)
+        for user_id in live:
+            del self._broker.presence[room_id][user_id]
+        self._forget_if_empty(room_id)
+        return tuple(member for member, _ in live.values())
+
+    async def active_rooms(self, *, after: str | None, limit: int) -> RoomPage:
+        self._require_started()
+
+        async def count(room_ids: Sequence[str]) -> list[int]:
+            return [len(self._broker.live(room_id)) for room_id in room_ids]
+
+        # `count` never yields to the loop: here a page is one atomic snapshot.
+        return await page_of(list(self._broker.presence), after=after, limit=limit, count=count)
+
+    def _forget_if_empty(self, room_id: str) -> None:
+        if room_id in self._broker.presence and not self._broker.presence[room_id]:
+            del self._broker.presence[room_id]
 
     def _require_started(self) -> None:
         if self._on_message is None:

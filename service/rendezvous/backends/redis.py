@@ -33,6 +33,8 @@ from rendezvous.backends.base import (
     JoinResult,
     Member,
     RoomFullError,
+    RoomPage,
+    page_of,
 )
 from rendezvous.backends.redis_listening import (
     Credentials,
@@ -42,6 +44,7 @@ from rendezvous.backends.redis_listening import (
     backoff_seconds,
 )
 from rendezvous.backends.redis_writing import OrderedWriter
+from rendezvous.protocol import is_valid_room_id
 from rendezvous.redis_url import RedisMode, RedisTarget
 from rendezvous.telemetry.histogram import PUBLISH_LATENCY_BUCKETS_SECONDS, LatencyHistogram
 
@@ -55,6 +58,9 @@ PUBLISH_QUEUE_MAX_MESSAGES = 10_000
 RESTART_DELAY_SECONDS = 1.0
 _CHANNEL_HEAD = f"{KEY_PREFIX}:{{".encode()
 _CHANNEL_TAIL = b"}:bus"
+_MEMBERS_HEAD = _CHANNEL_HEAD  # a room's keys start as its channel does: `rdv:{room_id}`
+_MEMBERS_TAIL = b"}:members"
+SCAN_COUNT = 1000  # keys per SCAN step when listing rooms: few round trips, short steps
 # Every bus payload starts with its publisher's 16-byte id, so an instance drops its echo.
 _ORIGIN_BYTES = 16
 # Failures that mean "Redis is unreachable or failing over": the caller may retry later.
@@ -373,6 +379,39 @@ class RedisBackend(Backend):
 
     async def members(self, room_id: str) -> tuple[Member, ...]:
         return _members(await self._eval(scripts.MEMBERS, room_id, (), "members"))
+
+    async def evict(self, room_id: str, user_id: str) -> Member | None:
+        value = await self._eval(scripts.EVICT, room_id, (user_id,), "evict")
+        return _member(user_id.encode(), value) if value else None
+
+    async def evict_all(self, room_id: str) -> tuple[Member, ...]:
+        return _members(await self._eval(scripts.EVICT_ALL, room_id, (), "evict all"))
+
+    async def active_rooms(self, *, after: str | None, limit: int) -> RoomPage:
+        commands = self._require_started()
+
+        async def count(room_ids: Sequence[str]) -> list[int]:
+            pipe = commands.pipeline(transaction=False)
+            for room_id in room_ids:
+                pipe.eval(scripts.COUNT, 2, *keys_of(room_id))
+            return [int(n) for n in await pipe.execute()]
+
+        with translated("list rooms"):
+            return await page_of(
+                await self._room_ids(commands), after=after, limit=limit, count=count
+            )
+
+    async def _room_ids(self, commands: Commands) -> list[str]:
+        """Rooms with presence keys, from a SCAN of every primary (in a Cluster, redis-py
+        scans each primary in turn). A key may come twice; `page_of` keeps one."""
+        pattern = f"{KEY_PREFIX}:{{*}}:members"
+        room_ids: list[str] = []
+        async for key in commands.scan_iter(match=pattern, count=SCAN_COUNT):
+            if key.startswith(_MEMBERS_HEAD) and key.endswith(_MEMBERS_TAIL):
+                room_id = key[len(_MEMBERS_HEAD) : -len(_MEMBERS_TAIL)].decode(errors="replace")
+                if is_valid_room_id(room_id):  # never trust a stray key that matches
+                    room_ids.append(room_id)
+        return room_ids
 
     async def reap_expired(self) -> list[tuple[str, Member]]:
         commands = self._require_started()

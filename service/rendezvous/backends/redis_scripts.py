@@ -145,3 +145,43 @@ end
 return out
 """
 )
+
+# ARGV: user_id -> the removed "session|username" if the user was live, else ''. An
+# expired entry stays: the reaper announces it (as `timeout`), exactly once.
+EVICT = (
+    _NOW
+    + """
+local user = ARGV[1]
+local expires = redis.call('ZSCORE', KEYS[2], user)
+local value = redis.call('HGET', KEYS[1], user)
+if not (value and expires and tonumber(expires) > now) then
+  return ''
+end
+redis.call('HDEL', KEYS[1], user)
+redis.call('ZREM', KEYS[2], user)
+return value
+"""
+)
+
+# -> {user, value, ...} of the live members, all removed in this one step.
+EVICT_ALL = (
+    _NOW
+    + _LIVE
+    + """
+local live = live_members()
+for i = 1, #live, 2 do
+  redis.call('HDEL', KEYS[1], live[i])
+  redis.call('ZREM', KEYS[2], live[i])
+end
+return live
+"""
+)
+
+# -> how many live members the room has (as MEMBERS would list them).
+COUNT = (
+    _NOW
+    + _LIVE
+    + """
+return #live_members() / 2
+"""
+)

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from rendezvous.backends.base import Backend
 from rendezvous.protocol import RELAYED_TYPES
+from rendezvous.stats import CallQuality
 from rendezvous.telemetry.histogram import RELAY_LATENCY_BUCKETS_SECONDS, LatencyHistogram
 
 
@@ -93,6 +94,9 @@ class Metrics:
         # By relayed type (a StrEnum member finds its plain-string key, and vice versa).
         self.relays: dict[str, RelayStats] = {kind.value: RelayStats() for kind in RELAYED_TYPES}
         registry.register(_RelayCollector(self.relays))
+        # What clients report of their calls (`stats` frames), also in plain numbers.
+        self.call_quality = CallQuality()
+        registry.register(_CallQualityCollector(self.call_quality))
         self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
 
     def message_ok(self, kind: str) -> None:
@@ -172,6 +176,41 @@ class _RelayCollector(Collector):
             latency.add_metric([kind], stats.cumulative(), sum_value=stats.sum)
         yield delivered
         yield latency
+
+
+class _CallQualityCollector(Collector):
+    """No room and no user label: a call's figures are pooled with every other call's."""
+
+    def __init__(self, quality: CallQuality) -> None:
+        self._quality = quality
+
+    def collect(self) -> Iterator[Metric]:
+        quality = self._quality
+        reports = CounterMetricFamily(
+            "rendezvous_call_stats_reports",
+            "Call-quality reports recorded, by the type of the candidate pair in use",
+            labels=["candidate_pair"],
+        )
+        for pair, count in quality.reports.items():
+            reports.add_metric([pair], count)
+        yield reports
+        for name, documentation, histogram in (
+            ("rendezvous_call_rtt_seconds", "Round-trip time clients report", quality.rtt),
+            ("rendezvous_call_jitter_seconds", "Jitter clients report", quality.jitter),
+            (
+                "rendezvous_call_packet_loss_ratio",
+                "Fraction of packets lost, as clients report it",
+                quality.packet_loss,
+            ),
+            (
+                "rendezvous_call_bitrate_kbps",
+                "Bitrate clients report, in kilobits per second",
+                quality.bitrate,
+            ),
+        ):
+            yield HistogramMetricFamily(
+                name, documentation, buckets=histogram.cumulative(), sum_value=histogram.sum
+            )
 
 
 class _BackendCollector(Collector):

@@ -7,8 +7,9 @@ trace of its own, linked to its connection's span: a trace per frame stays small
 complete, and the link leads from any relay back to its connection and join.
 
 Attributes name the room, the members, the frame's type and size and the outcome; never
-a token or a frame's body. Callers on the per-message path check `enabled` first, so
-with tracing off a frame costs one attribute test.
+a token or a frame's body (but for a `stats` frame's checked figures, which are what it
+is sent for, in a `rendezvous.stats` event). Callers on the per-message path check
+`enabled` first, so with tracing off a frame costs one attribute test.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ PRESENCE = "rendezvous.presence"
 RELAY = "rendezvous.relay"
 PUBLISH = "rendezvous.publish"
 DELIVER = "rendezvous.deliver"
+# An event, not a span: a `stats` frame already has its frame's span (a trace of its own),
+# which the event joins. Events on the connection's span would pile up for the call's
+# length and be cut at the SDK's event limit.
+STATS_EVENT = "rendezvous.stats"
 
 # Attribute names: OTel semantic conventions where one exists, `rendezvous.*` otherwise.
 ROOM_ID = "rendezvous.room.id"
@@ -44,6 +49,12 @@ BODY_SIZE = "messaging.message.body.size"
 OPERATION_TYPE = "messaging.operation.type"  # publish | process
 MESSAGING_SYSTEM = "messaging.system"
 ERROR_TYPE = "error.type"
+# A stats event's figures, named as on the wire; only those the report carried.
+STATS_RTT_MS = "rendezvous.stats.rtt_ms"
+STATS_JITTER_MS = "rendezvous.stats.jitter_ms"
+STATS_PACKET_LOSS = "rendezvous.stats.packet_loss"
+STATS_BITRATE_KBPS = "rendezvous.stats.bitrate_kbps"
+STATS_CANDIDATE_PAIR = "rendezvous.stats.candidate_pair"
 
 _NEW_TRACE = Context()  # no parent: a relayed frame is a trace's root
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -158,6 +169,27 @@ def current(span: Span, *, end: bool) -> Iterator[Span]:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
+
+
+def add_stats_event(
+    span: Span,
+    *,
+    rtt_ms: float | None,
+    jitter_ms: float | None,
+    packet_loss: float | None,
+    bitrate_kbps: float | None,
+    candidate_pair: str | None,
+) -> None:
+    """A call-quality report on its frame's span: the figures only (whom they are about
+    is the span's `rendezvous.target.id`)."""
+    figures = {
+        STATS_RTT_MS: rtt_ms,
+        STATS_JITTER_MS: jitter_ms,
+        STATS_PACKET_LOSS: packet_loss,
+        STATS_BITRATE_KBPS: bitrate_kbps,
+        STATS_CANDIDATE_PAIR: candidate_pair,
+    }
+    span.add_event(STATS_EVENT, {name: v for name, v in figures.items() if v is not None})
 
 
 def mark_refused(span: Span, error: SignalingError) -> None:

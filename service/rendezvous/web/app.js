@@ -1,11 +1,13 @@
 // The demo page: the DOM on one side, the signaling client (signaling.js) and the mesh
 // call (mesh.js) on the other. Query parameters prefill and drive it: room, name, token,
-// autojoin=1 (join on load), media=0 (no camera: data channel only).
+// autojoin=1 (join on load), media=0 (no camera: data channel only), stats_ms=N (send a
+// call-quality report per connected peer every N ms, default 5000; 0: none).
 
 import { ApiError, fetchDevMode, fetchIceConfig, mintDevToken, toRtcConfiguration, tokenSubject } from "./api.js";
 import { Mesh } from "./mesh.js";
 import { describeClose, describeError } from "./messages.js";
 import { SignalingClient, SignalingClosedError, signalingUrl } from "./signaling.js";
+import { STATS_INTERVAL_MS, StatsReporter } from "./stats.js";
 
 const ROOM_ID = /^[A-Za-z0-9-]{1,64}$/; // the server's rule; checked here only to explain it
 const BASE = new URL("..", document.baseURI); // the service's root, also behind a path prefix
@@ -33,6 +35,7 @@ const ui = {
 };
 const params = new URLSearchParams(location.search);
 const withMedia = params.get("media") !== "0";
+const statsIntervalMs = Number(params.get("stats_ms") ?? STATS_INTERVAL_MS);
 
 // For tests and debugging (the DOM contract): who we are, where, and every connection.
 const app = {
@@ -43,6 +46,7 @@ const app = {
   devMode: null,
   signaling: null,
   mesh: null,
+  stats: null, // the StatsReporter
 };
 window.rendezvous = app;
 
@@ -157,8 +161,14 @@ async function connect(current, roomId, credentials, rtcConfig) {
     localStream,
     send: (type, payload) => signaling.send(type, payload),
   });
-  Object.assign(app, { userId: credentials.userId, roomId, peers: mesh.peers, signaling, mesh });
+  const stats = new StatsReporter({
+    peers: mesh.peers,
+    send: (type, payload) => signaling.send(type, payload),
+    intervalMs: statsIntervalMs,
+  });
+  Object.assign(app, { userId: credentials.userId, roomId, peers: mesh.peers, signaling, mesh, stats });
   watchMesh(mesh);
+  stats.start();
   signaling.addEventListener("frame", ({ detail }) => {
     if (current !== attempt) return;
     try {
@@ -236,6 +246,8 @@ function leave() {
 
 /** Hang up, release the camera, empty the lists (the error, if any, stays shown). */
 function teardown() {
+  app.stats?.stop();
+  app.stats = null;
   app.mesh?.close();
   app.signaling?.close();
   app.mesh = null;

@@ -25,6 +25,9 @@ const ERROR_MESSAGES = {
   slow_consumer: "This page could not keep up with the server's messages and was disconnected.",
   server_draining: "The server is restarting. Join again: any other instance will take you.",
   internal_error: "The server hit an internal error and closed the connection. Join again.",
+  kicked: "An administrator removed you from this room.",
+  room_closed: "An administrator closed this room; everyone in it was disconnected.",
+  not_found: "That room or participant is not there (any more).",
   // The page's own.
   network_error: "The service could not be reached. Check the address and your network.",
   media_unavailable:
@@ -48,6 +51,8 @@ const CLOSE_MESSAGES = {
   1012: "The server is restarting. Join again: any other instance will take you.",
   1013: "The server is overloaded. Try again in a moment.",
   4001: "You joined this room again from another tab or device, so this one was disconnected.",
+  4002: "An administrator removed you from this room.",
+  4003: "An administrator closed this room; everyone in it was disconnected.",
 };
 
 /** A clear sentence for an error code; `detail` (the server's message) when unknown. */
