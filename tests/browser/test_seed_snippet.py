@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import hashlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +37,8 @@ from tests.turn.test_coturn import selected_pair_types
 ROOT = Path(__file__).resolve().parents[2]
 SEED_MD = ROOT.parent / "shared" / "SEED.md"
 SEED_SNIPPET = JS_DIR / "seed_snippet.js"
+# The snippet's digest, recorded when it was checked against SEED.md.
+SEED_SNIPPET_SHA256 = "5d531798223e7a842efb4ef2796dc76dff784d99973b4cb91c37642c38e46a48"
 SEED_PORT = 8000  # the snippet's own http://localhost:8000
 SEED_ROOM = "my-room"  # the snippet's own room
 SNIPPET_USER = "snippet-user"
@@ -101,13 +103,14 @@ async def assert_uses_the_sidecars_relay(page: BrowserPage, relay: RelayPath) ->
 
 
 def test_the_seed_snippet_file_is_seed_mds_as_written() -> None:
-    if not SEED_MD.exists():
-        message = f"{SEED_MD} is not beside this clone (CI lays it there)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    expected = javascript_block(SEED_MD.read_text(), "### Manual Testing with JavaScript")
-    assert SEED_SNIPPET.read_text() == expected
+    """js/seed_snippet.js is SEED.md's block byte for byte: compared with SEED.md where it
+    lies beside the clone (a workstation), else with the digest recorded when it was (a CI
+    clone has no ../shared), so an edit to the snippet fails either way."""
+    snippet = SEED_SNIPPET.read_bytes()
+    if SEED_MD.exists():
+        expected = javascript_block(SEED_MD.read_text(), "### Manual Testing with JavaScript")
+        assert snippet.decode() == expected
+    assert hashlib.sha256(snippet).hexdigest() == SEED_SNIPPET_SHA256
 
 
 @pytest.mark.parametrize("source", ["SEED.md", "README.md"])
