@@ -17,7 +17,7 @@ import pytest
 from loadtest.bench import cli, publishing
 from loadtest.bench.publishing import PublishFigures
 
-from tests.support.process import require_program
+from tests.support.process import interrupt_when_ready, require_program
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_SECONDS = 60.0  # hard bound on one quick run; it takes ~3 s
@@ -227,32 +227,16 @@ def test_quick_run_measures_every_case_with_subscribers_drained(tmp_path: Path) 
 def test_sigterm_stops_redis_the_subscribers_and_redis_benchmark(tmp_path: Path) -> None:
     # Requests enough that it is still publishing when the signal comes.
     argv = _bench("--publish-requests", "100000000,100000000", "--publish-rounds", "1")
-    bench = subprocess.Popen(
+    returncode, output, started = interrupt_when_ready(
         argv,
         cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        ready=lambda line: line.startswith("redis: redis-server"),
+        settle_seconds=1,  # redis-benchmark is running by now
+        ready_timeout=RUN_TIMEOUT_SECONDS,
+        stop_timeout=STOP_TIMEOUT_SECONDS,
+        before_signal=lambda pid: {child: _name(child) for child in _descendants(pid)},
     )
-    lines: list[str] = []
-    try:
-        assert bench.stdout is not None
-        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-        while not any(line.startswith("redis: redis-server") for line in lines):
-            line = bench.stdout.readline()
-            assert line and time.monotonic() < deadline, "".join(lines)
-            lines.append(line)
-        time.sleep(1)  # redis-benchmark is running by now
-        started = {pid: _name(pid) for pid in _descendants(bench.pid)}
-        bench.send_signal(signal.SIGTERM)
-        rest, _ = bench.communicate(timeout=STOP_TIMEOUT_SECONDS)
-    finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.communicate()
-    output = "".join(lines) + rest
-    assert bench.returncode == 128 + signal.SIGTERM, output
+    assert returncode == 128 + signal.SIGTERM, output
     names = sorted(started.values())
     assert {"redis-server", "redis-benchmark"} <= set(names), (names, output)
     assert len(started) >= 2 + SUBSCRIBERS, (names, output)  # and the subscribers

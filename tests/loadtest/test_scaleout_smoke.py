@@ -13,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from loadtest.scaleout.results import InstanceResult, PhaseResult
 from loadtest.scaleout.scraping import InstanceMetrics
 
 from tests.support import nginx as test_nginx
+from tests.support.process import interrupt_when_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_SECONDS = 100.0  # hard bound on one run; the smoke run takes ~35 s
@@ -151,33 +151,17 @@ def test_runner_passes_both_phases_spreads_clients_and_writes_the_report(
 
 def test_sigterm_stops_everything_the_runner_started(tmp_path: Path) -> None:
     argv, env = _runner(tmp_path / "report", "--instances", "2", "--users", "2", "--seconds", "60")
-    runner = subprocess.Popen(
+    returncode, output, _ = interrupt_when_ready(
         argv,
         cwd=ROOT,
         env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert runner.stdout is not None
-        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
         # Until locust runs: by then Redis, the instance and nginx are up too.
-        while not any("started locust" in line for line in lines):
-            line = runner.stdout.readline()
-            assert line and time.monotonic() < deadline, "".join(lines)
-            lines.append(line)
-        time.sleep(2)  # calls in progress
-        runner.send_signal(signal.SIGTERM)
-        rest, _ = runner.communicate(timeout=STOP_TIMEOUT_SECONDS)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
-    output = "".join(lines) + rest
-    assert runner.returncode == 128 + signal.SIGTERM, output
+        ready=lambda line: "started locust" in line,
+        settle_seconds=2,  # calls in progress
+        ready_timeout=RUN_TIMEOUT_SECONDS,
+        stop_timeout=STOP_TIMEOUT_SECONDS,
+    )
+    assert returncode == 128 + signal.SIGTERM, output
     assert "interrupted; stopped everything" in output, output
     pids = _announced_pids(output)
     assert {"redis-server", "instance 1", "nginx", "locust"} <= set(pids), output

@@ -14,11 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Self, TypeVar
 
 import httpx
 
@@ -28,6 +28,8 @@ RENDEZVOUS = Path(sys.executable).with_name("rendezvous")
 STARTUP_DEADLINE_SECONDS = 30.0
 STOP_DEADLINE_SECONDS = 30.0
 CLI_TIMEOUT_SECONDS = 60.0
+
+T = TypeVar("T")
 
 
 def cli_env(tmp_path: Path, **variables: str) -> dict[str, str]:
@@ -359,3 +361,46 @@ class Component:
         traceback: TracebackType | None,
     ) -> None:
         await asyncio.to_thread(self._down)
+
+
+def interrupt_when_ready(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    ready: Callable[[str], bool],
+    settle_seconds: float,
+    ready_timeout: float,
+    stop_timeout: float,
+    env: Mapping[str, str] | None = None,
+    before_signal: Callable[[int], T] = lambda pid: None,  # type: ignore[assignment,return-value]
+) -> tuple[int, str, T]:
+    """Run `argv` until a line of its output is `ready`, let it work `settle_seconds`, call
+    `before_signal(pid)` (to see what it started), SIGTERM it, and wait for it to exit:
+    its exit status, all its output, and what `before_signal` returned. Killed if it will
+    not stop."""
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + ready_timeout
+        while not any(ready(line) for line in lines):
+            line = process.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        time.sleep(settle_seconds)
+        seen = before_signal(process.pid)
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=stop_timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, "".join(lines) + rest, seen
