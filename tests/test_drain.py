@@ -59,8 +59,8 @@ async def test_sigterm_drains_clients_over_the_window_then_exits(tmp_path: Path)
             assert code == 1012
             errors = [f for f in frames if f["type"] == "error"]
             assert [e["payload"]["code"] for e in errors] == ["server_draining"]  # type: ignore[index]
-            reasons = {f["payload"]["reason"] for f in frames if f["type"] == "user_left"}  # type: ignore[index]
-            assert reasons <= {"left"}  # participants leave at once, never a later timeout
+            # Drained participants are held for a resume elsewhere: nobody is told they left.
+            assert not [f for f in frames if f["type"] == "user_left"], frames
         close_times = sorted(at for at, _, _ in results)
         # Three sessions over a 1 s window: spread out, yet all within twice the window.
         assert close_times[-1] - close_times[0] >= 0.3

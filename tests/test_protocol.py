@@ -137,6 +137,7 @@ def test_every_fatal_code_has_its_design_close_code() -> None:
         "internal_error": 1011,
         "kicked": 4002,  # the admin API's (README "Admin API")
         "room_closed": 4003,
+        "resume_failed": 4004,  # a refused `?resume=` (README "Session resume")
     }
     assert {code.value: int(close) for code, close in CLOSE_CODES.items()} == expected
     # backend_unavailable closes 1013 only for a refused join; a frame is just dropped.

@@ -57,6 +57,8 @@ def create_app(
         metrics=metrics,
         spans=spans,
         join_buffer_limit=lambda: policy.limits.queue_max_messages,
+        hold_bounds=lambda: (policy.limits.queue_max_messages, policy.limits.queue_max_bytes),
+        resume_grace_seconds=settings.resume_grace_seconds,
         debug=settings.debug,
     )
     app.state.services = Services(
@@ -103,6 +105,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await services.hub.stop_holding()
         try:
             await asyncio.wait_for(services.backend.stop(), BACKEND_STOP_SECONDS)
         except TimeoutError:

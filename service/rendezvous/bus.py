@@ -14,6 +14,11 @@ class BusKind(enum.StrEnum):
     RELAY = "m"
     JOINED = "j"
     LEFT = "l"
+    # Session resume across instances: the resuming instance asks the holder for a held
+    # session (TAKE, which it hears too, to know where it falls among the others'
+    # messages); the holder stops holding it, stores what it buffered, and says GIVEN.
+    TAKE = "t"
+    GIVEN = "g"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +32,11 @@ class BusMessage:
     relay_type: str = ""  # relay only: the frame's type, for metrics without parsing it
     sent_at: float = 0.0  # relay only: unix time the sender's instance relayed it
     traceparent: str = ""  # relay only: W3C trace context of the publish span, if sampled
-    session_id: str = ""  # events only
+    session_id: str = ""  # events, TAKE and GIVEN
     username: str = ""
     reason: str = ""
+    seq: int = 0  # GIVEN: the last seq the holder numbered
+    dropped_at: int = 0  # GIVEN: the last seq sent before the socket dropped
 
 
 class BusDecodeError(ValueError):
@@ -46,6 +53,8 @@ def encode_bus(message: BusMessage) -> bytes:
             header["p"] = message.traceparent
     else:
         header.update(s=message.session_id, n=message.username, r=message.reason)
+        if message.kind is BusKind.GIVEN:
+            header.update(q=message.seq, d=message.dropped_at)
     return orjson.dumps(header) + b"\n" + message.frame
 
 
@@ -66,9 +75,17 @@ def decode_bus(data: bytes) -> BusMessage:
             session_id=header.get("s", ""),
             username=header.get("n", ""),
             reason=header.get("r", ""),
+            seq=_int(header.get("q", 0)),
+            dropped_at=_int(header.get("d", 0)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BusDecodeError(f"undecodable bus message: {exc}") from exc
+
+
+def _int(value: object) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
 
 
 def _text(value: object) -> str:

@@ -58,6 +58,7 @@ class CloseCode(enum.IntEnum):
     SESSION_REPLACED = 4001
     KICKED = 4002
     ROOM_CLOSED = 4003
+    RESUME_FAILED = 4004
 
 
 class ErrorCode(enum.StrEnum):
@@ -79,6 +80,7 @@ class ErrorCode(enum.StrEnum):
     KICKED = "kicked"  # an admin removed this participant from the room
     ROOM_CLOSED = "room_closed"  # an admin closed the room
     NOT_FOUND = "not_found"  # HTTP only: an admin route's room or participant is not there
+    RESUME_FAILED = "resume_failed"  # a resume token refused: unknown, expired or foreign
 
 
 # What each code does to the connection; absent means the frame is dropped and it stays open.
@@ -95,6 +97,7 @@ CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
     ErrorCode.KICKED: CloseCode.KICKED,
     ErrorCode.ROOM_CLOSED: CloseCode.ROOM_CLOSED,
+    ErrorCode.RESUME_FAILED: CloseCode.RESUME_FAILED,
 }
 
 
@@ -149,6 +152,12 @@ def encode(kind: str, payload: Any, *, room_id: str, sender_id: str = SERVER_SEN
         "timestamp": timestamp(),
     }
     return orjson.dumps(frame)
+
+
+def with_seq(frame: bytes, seq: int) -> bytes:
+    """`frame` (an encoded JSON object) with a top-level `seq`, spliced in as it is
+    written: one frame's bytes go to many recipients, each with a sequence of its own."""
+    return b'%b,"seq":%d}' % (frame[:-1], seq)
 
 
 def error_frame(error: SignalingError, *, room_id: str) -> bytes:

@@ -22,6 +22,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 
 from rendezvous.draining import Drainer
+from rendezvous.protocol import with_seq
 from rendezvous.settings import Settings
 from rendezvous.wire import read_text_frame, text_frame_header
 
@@ -68,10 +69,11 @@ class ConnectionControl:
         protocol.on_message = handler
         return True
 
-    def write_texts(self, frames: Iterable[bytes]) -> bool:
-        """Frame `frames` and write them in one go, past the ASGI send path, if the socket
-        takes them now: open, and its buffer not pushing back. False: nothing written;
-        send them through ASGI, which waits until the socket drains."""
+    def write_texts(self, frames: Iterable[bytes], first_seq: int) -> bool:
+        """Frame `frames`, numbered `seq` from `first_seq` on (spliced in here: a frame's
+        bytes are shared between recipients), and write them in one go, past the ASGI
+        send path, if the socket takes them now: open, and its buffer not pushing back.
+        False: nothing written; send them through ASGI, which waits until it drains."""
         protocol = self._protocol
         connection = protocol.conn
         if (
@@ -84,14 +86,15 @@ class ConnectionControl:
         if connection.extensions or connection.writes:
             # Compression, or websockets has bytes of its own queued (a pong): its way.
             send_text = connection.send_text
-            for frame in frames:
-                send_text(frame)
+            for seq, frame in enumerate(frames, first_seq):
+                send_text(with_seq(frame, seq))
             protocol.transport.write(b"".join(connection.data_to_send()))
             return True
         parts = []
-        for frame in frames:
-            parts.append(text_frame_header(len(frame)))
-            parts.append(frame)
+        for seq, frame in enumerate(frames, first_seq):
+            numbered = with_seq(frame, seq)
+            parts.append(text_frame_header(len(numbered)))
+            parts.append(numbered)
         protocol.transport.write(b"".join(parts))
         return True
 

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -33,7 +33,9 @@ from rendezvous.protocol import (
     error_frame,
     invalid,
     parse_client_frame,
+    with_seq,
 )
+from rendezvous.resuming import LEAVE_CLOSE_CODES, ResumeRequest, mint_resume_token, resume_hash
 from rendezvous.serving import CONNECTION_EXTENSION, ConnectionControl
 from rendezvous.stats import parse_report
 from rendezvous.telemetry import spans as span_names
@@ -43,6 +45,8 @@ from rendezvous.telemetry.spans import SignalingSpans, add_stats_event, current,
 log = logging.getLogger(__name__)
 
 _SLOW_CONSUMER = ErrorCode.SLOW_CONSUMER.value
+# The server's own closes after which the participant is held for a resume.
+_HELD_AFTER = frozenset({ErrorCode.SERVER_DRAINING, ErrorCode.SLOW_CONSUMER})
 
 # After a close is queued, how long the writer may take to flush it before we abort.
 CLOSE_FLUSH_SECONDS = 2.0
@@ -61,9 +65,11 @@ class Session:
         policy: LivePolicy,
         metrics: Metrics,
         spans: SignalingSpans,
+        resume: ResumeRequest | None = None,
         debug: bool = False,
     ) -> None:
         self._websocket = websocket
+        self._resume = resume
         self._debug = debug  # DEBUG=true: a log line per message
         self._room_id = room_id
         self._hub = hub
@@ -74,7 +80,9 @@ class Session:
         self._tracing = spans.enabled
         self._relay_links = spans.links_to_current()  # each relay span links to the connection
         self._loop = asyncio.get_running_loop()
-        self.member = Member(identity.user_id, identity.username, secrets.token_hex(8))
+        # A resume keeps the session id it resumes (the hub sets `member` then).
+        self._resume_token, token_hash = mint_resume_token()
+        self.member = Member(identity.user_id, identity.username, secrets.token_hex(8), token_hash)
         self._connection: ConnectionControl | None = websocket.scope.get("extensions", {}).get(
             CONNECTION_EXTENSION
         )
@@ -87,6 +95,11 @@ class Session:
         self._always_small_chars = limits.max_message_bytes // 4
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        # Every frame queued gets the next `seq` (spliced in when written); `_seq` is the
+        # last one's. `_sent` keeps the latest frames (shared references, not copies), the
+        # newest numbered `_seq`, for a resume to replay what a dropped socket lost.
+        self._seq = 0
+        self._sent: deque[bytes] = deque(maxlen=limits.queue_max_messages)
         self._ready = asyncio.Event()  # wakes the writer task
         # Under `rendezvous serve`, what is queued in one turn of the loop is written at its
         # end in one write (`_flush`), with no task switch; the writer task takes over while
@@ -110,22 +123,66 @@ class Session:
         try:
             try:
                 with current(join_span, end=True):
-                    self._room = await self._hub.join(self, self._room_id, capacity=capacity)
-                    join_span.set_attribute(span_names.OUTCOME, "joined")
+                    if self._resume is None:
+                        self._room = await self._hub.join(
+                            self, self._room_id, capacity=capacity, resume_token=self._resume_token
+                        )
+                        join_span.set_attribute(span_names.OUTCOME, "joined")
+                    else:
+                        self._room = await self._resumed(self._resume)
+                        join_span.set_attribute(span_names.OUTCOME, "resumed")
             except SignalingError as error:
                 self.close(error)
                 return
+            close_code: int | None = None
             try:
-                await self._read(self._room)
+                close_code = await self._read(self._room)
             except Exception:
                 log.exception("session failed", extra=self._log_context())
                 self.close(SignalingError(ErrorCode.INTERNAL_ERROR, "internal error"))
             finally:
                 if self._connection is not None and self._connection.timed_out:
                     self.leave_reason = LeaveReason.TIMEOUT
-                await self._hub.leave(self, self._room, reason=self.leave_reason)
+                if self._dropped(close_code):
+                    await self._hub.hold(
+                        self,
+                        self._room,
+                        reason=self.leave_reason,
+                        frames=self._sent,
+                        last_seq=self._seq,
+                    )
+                else:
+                    await self._hub.leave(self, self._room, reason=self.leave_reason)
         finally:
             await self._finish(writer)
+
+    async def _resumed(self, request: ResumeRequest) -> LocalRoom:
+        """Take over a held session: its `room_state` (resumed), then what it missed,
+        numbered as first sent, then live frames numbered on."""
+        room, state, replay = await self._hub.resume(
+            self,
+            self._room_id,
+            resume_hash=resume_hash(request.token),
+            last_seq=request.last_seq,
+            resume_token=self._resume_token,
+        )
+        self._seq = replay.start_seq - 1  # the room_state takes start_seq, then the replay
+        for frame in (state, *replay.frames):
+            self._push(frame)  # bounded already: the held buffer has the queue's bounds
+        return room
+
+    def sent(self) -> tuple[Sequence[bytes], int]:
+        """The last frames queued for the peer (a ring) and the seq of the newest."""
+        return self._sent, self._seq
+
+    def _dropped(self, close_code: int | None) -> bool:
+        """Whether the session ended by a drop (its participant is held for a resume)
+        rather than a leave: a client's close other than 1000/1001, none at all, or the
+        server's own close for a drain (the client resumes on another instance) or a
+        slow consumer (its socket was fine, its reading not)."""
+        if self._closing is not None:
+            return self._closing.code in _HELD_AFTER
+        return close_code not in LEAVE_CLOSE_CODES
 
     async def _finish(self, writer: asyncio.Task[None]) -> None:
         if self._closing is not None and not writer.done():
@@ -174,14 +231,29 @@ class Session:
         ):
             self._slow_consumer()
             return _SLOW_CONSUMER
+        # `_push`, inlined: this is the per-message path.
         self._queue.append(frame)
         self._queued_bytes += size
+        self._sent.append(frame)
+        self._seq += 1
         if self._write_now is None:
             self._ready.set()
         elif not self._flush_pending:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
         return None
+
+    def _push(self, frame: bytes) -> None:
+        """Queue `frame` as the next `seq`, to be written at the end of this loop turn."""
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        self._sent.append(frame)
+        self._seq += 1
+        if self._write_now is None:
+            self._ready.set()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """End of a loop turn: write what was queued in it at once, or leave it to the
@@ -191,7 +263,8 @@ class Session:
         if not queue:
             return
         assert self._write_now is not None
-        if self._sending or self._closing is not None or not self._write_now(queue):
+        first_seq = self._seq - len(queue) + 1
+        if self._sending or self._closing is not None or not self._write_now(queue, first_seq):
             self._ready.set()
             return
         queue.clear()
@@ -205,7 +278,10 @@ class Session:
         self._metrics.error(error.code.value)
         if error.code is ErrorCode.SLOW_CONSUMER:
             self._metrics.slow_consumer_disconnects.inc()
-        self._queue.append(error_frame(error, room_id=self._room_id))
+        frame = error_frame(error, room_id=self._room_id)
+        self._queue.append(frame)
+        self._sent.append(frame)
+        self._seq += 1
         self._ready.set()
 
     def _slow_consumer(self) -> None:
@@ -225,7 +301,8 @@ class Session:
                     frame = queue.popleft()
                     self._queued_bytes -= len(frame)
                     self._sending = True
-                    await send({"type": "websocket.send", "text": frame.decode()})
+                    text = with_seq(frame, self._seq - len(queue)).decode()
+                    await send({"type": "websocket.send", "text": text})
                     self._sending = False
                 if self._closing is not None:
                     code = self._closing.close_code
@@ -241,10 +318,11 @@ class Session:
 
     # Inbound.
 
-    async def _read(self, room: LocalRoom) -> None:
-        """Handle frames until the peer disconnects. Under `rendezvous serve` they are
-        pushed to `_on_pushed` as they are parsed, once what was queued (during the join)
-        is handled; `receive()` then only reports the disconnect."""
+    async def _read(self, room: LocalRoom) -> int | None:
+        """Handle frames until the peer disconnects; return its close code. Under
+        `rendezvous serve` they are pushed to `_on_pushed` as they are parsed, once what
+        was queued (during the join) is handled; `receive()` then only reports the
+        disconnect."""
         receive = self._websocket.receive
         connection = self._connection
         pushed = False
@@ -254,7 +332,8 @@ class Session:
                     pushed = connection.push_messages(self._on_pushed)
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
-                    return
+                    code: int | None = message.get("code")
+                    return code
                 if self._closing is None:
                     self._on_frame(room, message.get("text"))
         finally:

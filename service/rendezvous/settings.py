@@ -106,6 +106,9 @@ class Settings(BaseSettings):
         25.0, gt=0, validation_alias=_env("WEBRTC_DRAIN_DEADLINE")
     )
 
+    # Session resume: how long a dropped participant is held for its client to come back.
+    resume_grace_seconds: float = Field(10.0, ge=0, validation_alias=_env("WEBRTC_RESUME_GRACE"))
+
     # Per-connection limits.
     max_message_bytes: int = Field(
         65536, ge=1024, le=16 * 1024 * 1024, validation_alias=_env("WEBRTC_MAX_MESSAGE_BYTES")

@@ -169,6 +169,36 @@ def _node_check(source: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# signaling.js's resume helper, scenario by scenario against a scripted WebSocket
+
+RESUME_SCENARIOS_JS = Path(__file__).with_name("js") / "resume_helper.mjs"
+RESUME_SCENARIOS = re.findall(r"^  async (\w+)\(\) \{$", RESUME_SCENARIOS_JS.read_text(), re.M)
+
+
+def test_the_resume_scenarios_are_found() -> None:
+    """The parametrisation below reads the scenario names from the script: an empty list
+    would pass vacuously."""
+    assert len(RESUME_SCENARIOS) >= 7, RESUME_SCENARIOS
+
+
+@pytest.mark.parametrize("scenario", RESUME_SCENARIOS)
+def test_the_resume_helper_follows_the_client_contract(scenario: str) -> None:
+    """ResumingSignaling (README "Resuming a session") run by Node against a WebSocket the
+    scenario scripts: which closes resume, the resume URL, seq dedupe, the outbox,
+    `resume_failed` falling back to a fresh join, the grace window (the script asserts)."""
+    node = require_program("node", package="nodejs")
+    web = WEB_DIRECTORY.as_uri() + "/"
+    result = subprocess.run(
+        [node, str(RESUME_SCENARIOS_JS), scenario, web],
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1:] == [f"ok {scenario}"], result.stdout
+
+
 # messages.js: a sentence for every code the service can send
 
 MESSAGES_JS = WEB_DIRECTORY / "messages.js"

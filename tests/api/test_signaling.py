@@ -22,6 +22,8 @@ async def test_room_state_comes_first_and_includes_the_joiner() -> None:
             assert state["sender_id"] == "server"
             assert state["room_id"] == "r1"
             assert TIMESTAMP.fullmatch(state["timestamp"])
+            resume = {key: state["payload"].pop(key) for key in ("session_id", "resume_token")}
+            assert all(type(value) is str and value for value in resume.values())
             assert state["payload"] == {
                 "room_id": "r1",
                 "participants": [{"user_id": "alice", "username": "Alice"}],

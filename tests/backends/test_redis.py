@@ -30,6 +30,7 @@ from rendezvous.backends.redis import (
     RedisBackend,
     channel_of,
     keys_of,
+    resume_key,
 )
 from rendezvous.backends.redis_listening import BACKOFF_SECONDS, SILENCE_LIMIT_SECONDS
 from rendezvous.redis_url import parse_redis_url
@@ -550,3 +551,25 @@ async def test_a_redis_error_reply_surfaces_as_backend_error(
         assert not isinstance(raised.value, BackendUnavailableError)
         assert isinstance(raised.value.__cause__, redis.exceptions.ResponseError)
         assert "WRONGTYPE" in str(raised.value)
+
+
+async def test_resume_records_live_in_their_room_slot_with_the_presence_ttl(
+    deployment: Deployment, start: Start
+) -> None:
+    ttl = 0.5
+    instance = await start(deployment.url, ttl=ttl)
+    rooms = await deployment.spread_rooms(6)
+    joined = {room: resumable_member("alice") for room in rooms}
+    for room, alice in joined.items():  # in a Cluster, a record off its room's slot: CROSSSLOT
+        await instance.backend.join(room, alice, capacity=10)
+    ttls = await deployment.key_ttls()
+    records = {resume_key(room, alice.resume_hash) for room, alice in joined.items()}
+    assert records <= set(ttls)
+    # Never a key without a TTL; a record lives as long as its room's keys (3 TTLs).
+    assert all(0 < ttls[key] <= 3 * int(ttl * 1000) for key in records), ttls
+    await asyncio.sleep(2 * 3 * ttl)
+    assert not records & set(await deployment.key_ttls())
+
+
+def resumable_member(user_id: str) -> Member:
+    return Member(user_id, user_id.title(), secrets.token_hex(8), secrets.token_hex(32))

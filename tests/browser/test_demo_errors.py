@@ -17,6 +17,7 @@ from tests.support.tokens import token
 # Another key than the instance's: a well-formed JWT the server must refuse.
 FOREIGN_SECRET = "another-secret-" + "x" * 40
 DRAIN_EXIT_TIMEOUT_SECONDS = 30.0  # the drain deadline is 25 s by default; it exits sooner
+RESUME_GRACE_MS = 3000  # the lone instance drains: no resume can succeed
 
 
 async def test_the_page_explains_each_refused_join(tmp_path: Path) -> None:
@@ -58,7 +59,9 @@ async def test_the_page_explains_why_a_joined_page_was_disconnected(tmp_path: Pa
 
         def url(room: str) -> str:
             signed = token("heidi", username="Heidi")
-            return demo_url(server.http, room=room, token=signed, media=False)
+            # The page tries to resume a drained session for this long before it explains.
+            resume = f"&resume_grace_ms={RESUME_GRACE_MS}"
+            return demo_url(server.http, room=room, token=signed, media=False) + resume
 
         # session_replaced: the same user joins the same room from a second page; the first
         # page is closed 4001 and says why, the second one holds the seat.
@@ -70,8 +73,8 @@ async def test_the_page_explains_why_a_joined_page_was_disconnected(tmp_path: Pa
         await second.wait_participants({"heidi": "Heidi"})
         assert await second.status() == {"state": "joined", "error": None}
 
-        # server_draining: SIGTERM, as an orchestrator stops a pod; the joined page is told
-        # to join again, and its Join button is live for that.
+        # server_draining: SIGTERM, as an orchestrator stops a pod; with no other instance
+        # the page's resume attempts fail, then it says to join again, Join button live.
         server.terminate()
         shown = await second.assert_error_explained("server_draining")
         assert shown["join_enabled"], shown

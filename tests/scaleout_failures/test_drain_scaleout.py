@@ -47,6 +47,10 @@ STALLING_QUEUE_LIMITS = {
 
 
 def _env(tmp_path: Path, redis: RedisServer, **variables: str) -> dict[str, str]:
+    # Holding off (grace 0): these tests prove the drain itself, whose participants then
+    # leave at once; a drain whose clients resume elsewhere (the default) is proven in
+    # tests/scaleout/test_resume_scaleout.py.
+    variables.setdefault("WEBRTC_RESUME_GRACE", "0")
     return instance_env(
         tmp_path,
         redis_url=redis.url,

@@ -11,7 +11,9 @@ client to a chosen loopback source address (`source_address(n)` is 127.0.n.1), a
 `source_for_upstream(i, count)` names one that ip_hash sends to upstream i. Browsers
 cannot choose a source address: with `pinned_listeners=True` nginx also listens on one
 more port per upstream (`pinned_url(i)`), proxying only to upstream i, with the same
-locations, so each browser reaches the instance its listener names.
+locations, so each browser reaches the instance its listener names. With
+`pinned_backup=True` the other upstreams back each pinned listener up (`backup`): its page
+stays on instance i while i serves, and fails over when i drains (503) or dies.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Nginx(Component):
         *,
         balance: Balance = "ip_hash",
         pinned_listeners: bool = False,
+        pinned_backup: bool = False,
     ) -> None:
         assert upstream_ports, "nginx needs at least one upstream"
         self.directory = directory
@@ -57,6 +60,7 @@ class Nginx(Component):
         self.port = unused_port()
         # pinned_ports[i] proxies to upstream_ports[i] alone.
         self.pinned_ports = [unused_port() for _ in upstream_ports] if pinned_listeners else []
+        self.pinned_backup = pinned_backup
         self.config_path = directory / "nginx.conf"
         self.error_log_path = directory / "error.log"
         self.access_log_path = directory / "access.log"
@@ -158,10 +162,15 @@ http {{
             zip(self.pinned_ports, self.upstream_ports, strict=True)
         ):
             name = f"rendezvous_{index}"
+            backups = "".join(
+                f"        server {HOST}:{port} backup;\n"
+                for port in self.upstream_ports
+                if self.pinned_backup and port != upstream
+            )
             blocks.append(f"""
     upstream {name} {{
         server {HOST}:{upstream};
-    }}
+{backups}    }}
 {self._server(listen, name)}""")
         return "".join(blocks)
 
@@ -194,6 +203,15 @@ http {{
         }}
     }}
 """
+
+    def stop(self) -> None:
+        """Stop at once: every proxied WebSocket drops without a close frame, as in a
+        proxy crash or a network cut. `start` brings it back on the same ports."""
+        self._down()
+
+    def start(self) -> None:
+        """Start again (after `stop`) on the same ports."""
+        self._up()
 
     def _up(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,14 @@ def free_port() -> int:
 
 
 def test_settings(**overrides: Any) -> Settings:
-    """Settings for tests: a known HS256 key and no ICE servers (never a public STUN)."""
-    values: dict[str, Any] = {"jwt_secret_key": TEST_SECRET, "stun_urls": ""}
+    """Settings for tests: a known HS256 key, no ICE servers (never a public STUN), and no
+    holding of dropped participants unless a test asks for a resume grace (a dropped
+    socket then leaves at once, as the tests of other mechanisms expect)."""
+    values: dict[str, Any] = {
+        "jwt_secret_key": TEST_SECRET,
+        "stun_urls": "",
+        "resume_grace_seconds": 0,
+    }
     values.update(overrides)
     return load_settings(**values)
 

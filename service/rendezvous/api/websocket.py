@@ -8,7 +8,14 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import PlainTextResponse
 
 from rendezvous.api.deps import ServicesDep, bearer_token
-from rendezvous.protocol import ErrorCode, SignalingError, error_frame, is_valid_room_id
+from rendezvous.protocol import (
+    ErrorCode,
+    SignalingError,
+    error_frame,
+    is_valid_room_id,
+    with_seq,
+)
+from rendezvous.resuming import ResumeRequest
 from rendezvous.session import Session
 from rendezvous.telemetry import spans as span_names
 from rendezvous.telemetry.spans import current
@@ -61,6 +68,7 @@ async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> N
                 raise SignalingError(
                     ErrorCode.FORBIDDEN_ROOM, "your token does not grant this room"
                 )
+            resume = _resume_request(websocket)
             log.info("WebSocket connected", extra={"room_id": room_id, "user_id": identity.user_id})
     except SignalingError as error:
         join_span.end()
@@ -77,9 +85,21 @@ async def _serve(websocket: WebSocket, room_id: str, services: ServicesDep) -> N
         policy=services.policy,
         metrics=services.metrics,
         spans=spans,
+        resume=resume,
         debug=services.settings.debug,
     )
     await session.run(capacity=services.policy.rooms.for_room(room_id), join_span=join_span)
+
+
+def _resume_request(websocket: WebSocket) -> ResumeRequest | None:
+    """`?resume=TOKEN&last_seq=N`: a client coming back to its session after a drop."""
+    token = websocket.query_params.get("resume")
+    if token is None:
+        return None
+    raw = websocket.query_params.get("last_seq")
+    if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise SignalingError(ErrorCode.RESUME_FAILED, "last_seq must be a non-negative integer")
+    return ResumeRequest(token, None if raw is None else int(raw))
 
 
 def _token(websocket: WebSocket) -> str | None:
@@ -99,5 +119,6 @@ async def _reject(websocket: WebSocket, room_id: str, error: SignalingError) -> 
     log.info("WebSocket refused", extra={"room_id": room_id[:128], "code": error.code.value})
     services: ServicesDep = websocket.app.state.services
     services.metrics.error(error.code.value)
-    await websocket.send_text(error_frame(error, room_id=room_id[:128]).decode())
+    # The first (and only) frame of this connection: seq 1, as every frame has one.
+    await websocket.send_text(with_seq(error_frame(error, room_id=room_id[:128]), 1).decode())
     await websocket.close(code=error.close_code or 1008)

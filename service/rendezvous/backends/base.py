@@ -13,6 +13,10 @@ Every backend passes `tests/backends/test_contract.py`. The hub relies on exactl
   reaper's;
 - `active_rooms` lists rooms with a live member across all instances, by room id, a page
   at a time: each page is a snapshot of its own, not a transaction across pages;
+- a member with a `resume_hash` gets a resume record at `join` (expiring with its
+  presence), extended by `refresh` while not held, and deleted by its `leave`; a record
+  is claimed (`claim_resume`) or released (`release_held`) atomically, never both, and a
+  reaped member's record can no longer be claimed;
 - after `stop`, every operation but `unsubscribe` raises BackendUnavailableError; stopping
   leaves presence alone (a stopped instance is a dead process, not a leave).
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rendezvous.protocol import CloseCode, ErrorCode, SignalingError
 from rendezvous.telemetry.histogram import LatencyHistogram
@@ -37,6 +41,20 @@ class Member:
     user_id: str
     username: str
     session_id: str
+    # SHA-256 of the session's live resume token, where its resume record lives; '' when it
+    # has none or it is not known here (members read back from the store). Not identity.
+    resume_hash: str = field(default="", compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecord:
+    """What a resume token stands for, stored under the token's hash (never the token)."""
+
+    user_id: str
+    username: str
+    session_id: str
+    instance_id: str  # the instance that serves (or holds) the participant
+    held: bool  # its socket dropped; it is held for the grace window
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,15 @@ class BackendUnavailableError(BackendError):
 
 class RoomFullError(BackendError):
     pass
+
+
+class ResumeRefusedError(BackendError):
+    """A resume token the store does not honour: unknown, spent or expired, its session
+    gone (left, replaced, kicked, reaped), or, `foreign`, another user's."""
+
+    def __init__(self, message: str, *, foreign: bool = False) -> None:
+        super().__init__(message)
+        self.foreign = foreign
 
 
 class Backend(abc.ABC):
@@ -133,11 +160,58 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def leave(self, room_id: str, member: Member) -> bool:
-        """Remove this session of the member; False if it was already gone or replaced."""
+        """Remove this session of the member (and its resume record); False if it was
+        already gone or replaced."""
+
+    @abc.abstractmethod
+    async def resume_record(self, room_id: str, resume_hash: str) -> ResumeRecord | None:
+        """The live resume record stored under `resume_hash` in this room, if any."""
+
+    @abc.abstractmethod
+    async def hold(self, room_id: str, member: Member, *, grace_seconds: float) -> None:
+        """The member's socket dropped: mark its resume record held, expiring after the
+        grace (presence stays, kept by the holder's refresh)."""
+
+    @abc.abstractmethod
+    async def claim_resume(self, room_id: str, resume_hash: str, member: Member) -> ResumeRecord:
+        """Atomically spend the record under `resume_hash` for `member.user_id` and give
+        the session a new one under `member.resume_hash` (served by this instance), its
+        presence extended even if it had expired unreaped. Return the spent record; raise
+        ResumeRefusedError if it is unknown or expired, its session no longer present (a
+        reaped member's departure was announced: it never comes back), or another user's."""
+
+    @abc.abstractmethod
+    async def release_held(self, room_id: str, member: Member) -> bool:
+        """A held member's grace ran out: remove it unless its record was claimed
+        meanwhile (atomically, so a racing resume and the timeout never both win). True
+        if it was removed (its departure is to be announced)."""
+
+    @abc.abstractmethod
+    def publish_to_all(self, room_id: str, data: bytes) -> None:
+        """As `publish`, but this instance is handed it too: where its own message falls
+        in the channel's order among the others' (a resume's TAKE)."""
+
+    @abc.abstractmethod
+    async def keep_held(
+        self,
+        room_id: str,
+        session_id: str,
+        entries: Sequence[tuple[int, bytes]],
+        *,
+        max_entries: int,
+        ttl_seconds: float,
+    ) -> None:
+        """Append (seq, frame) entries to a held session's buffer in the store (a Redis
+        Stream), keeping about the newest `max_entries`, all gone `ttl_seconds` later."""
+
+    @abc.abstractmethod
+    async def take_held(self, room_id: str, session_id: str) -> list[tuple[int, bytes]]:
+        """Read and delete a held session's stored buffer, oldest first."""
 
     @abc.abstractmethod
     async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
-        """Extend the presence of these (room_id, member) pairs, in one batched call.
+        """Extend the presence of these (room_id, member) pairs, in one batched call,
+        and the resume record of each member not held.
 
         Only a live entry of the very same session is extended: refreshing a replaced,
         departed or expired session changes nothing."""

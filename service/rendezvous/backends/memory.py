@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ from rendezvous.backends.base import (
     BusHandler,
     JoinResult,
     Member,
+    ResumeRecord,
+    ResumeRefusedError,
     RoomFullError,
     RoomPage,
     page_of,
@@ -41,6 +44,12 @@ class MemoryBroker:
     clock: Clock = time.monotonic
     presence: dict[str, dict[str, tuple[Member, float]]] = field(default_factory=dict)
     listeners: dict[str, set[MemoryBackend]] = field(default_factory=dict)
+    # room_id -> resume hash -> (record, expiry time), as Redis's `rdv:{room}:resume:<hash>`.
+    resumes: dict[str, dict[str, tuple[ResumeRecord, float]]] = field(default_factory=dict)
+    # (room_id, session_id) -> (entries, expiry time), as Redis's `rdv:{room}:held:<session>`.
+    held: dict[tuple[str, str], tuple[deque[tuple[int, bytes]], float]] = field(
+        default_factory=dict
+    )
 
     def live(self, room_id: str) -> dict[str, tuple[Member, float]]:
         now = self.clock()
@@ -52,6 +61,8 @@ class MemoryBackend(Backend):
     def __init__(self, *, presence_ttl_seconds: float, broker: MemoryBroker | None = None) -> None:
         self.instance_id = uuid.uuid4().hex
         self._ttl = presence_ttl_seconds
+        # Resume records outlive an expired member until it is reaped, as Redis's do.
+        self._record_ttl = 3 * presence_ttl_seconds
         self._broker = broker if broker is not None else MemoryBroker()
         self._on_message: BusHandler | None = None
         self._rooms: set[str] = set()
@@ -94,6 +105,35 @@ class MemoryBackend(Backend):
         # Scheduled last, so it runs once the deliveries above have.
         loop.call_soon(self._handed_over, time.perf_counter())
 
+    def publish_to_all(self, room_id: str, data: bytes) -> None:
+        self._require_started()
+        loop = asyncio.get_running_loop()
+        for listener in self._broker.listeners.get(room_id, ()):
+            loop.call_soon(listener._deliver, room_id, data)
+
+    async def keep_held(
+        self,
+        room_id: str,
+        session_id: str,
+        entries: Sequence[tuple[int, bytes]],
+        *,
+        max_entries: int,
+        ttl_seconds: float,
+    ) -> None:
+        self._require_started()
+        key = (room_id, session_id)
+        found = self._broker.held.get(key)
+        kept = found[0] if found is not None and found[1] > self._broker.clock() else None
+        if kept is None:
+            kept = deque(maxlen=max(max_entries, 1))
+        kept.extend(entries)
+        self._broker.held[key] = (kept, self._broker.clock() + ttl_seconds)
+
+    async def take_held(self, room_id: str, session_id: str) -> list[tuple[int, bytes]]:
+        self._require_started()
+        found = self._broker.held.pop((room_id, session_id), None)
+        return list(found[0]) if found is not None and found[1] > self._broker.clock() else []
+
     def _handed_over(self, queued_at: float) -> None:
         self.publish_latency.observe(time.perf_counter() - queued_at)
 
@@ -109,11 +149,18 @@ class MemoryBackend(Backend):
             raise RoomFullError(room_id)
         live[member.user_id] = (member, self._broker.clock() + self._ttl)
         self._broker.presence[room_id] = {**self._broker.presence.get(room_id, {}), **live}
+        if member.resume_hash:
+            record = ResumeRecord(
+                member.user_id, member.username, member.session_id, self.instance_id, False
+            )
+            kept = (record, self._broker.clock() + self._record_ttl)
+            self._broker.resumes.setdefault(room_id, {})[member.resume_hash] = kept
         members = tuple(m for m, _ in live.values())
         return JoinResult(members=members, replaced=previous[0] if previous else None)
 
     async def leave(self, room_id: str, member: Member) -> bool:
         self._require_started()
+        self._forget_resume(room_id, member.resume_hash)
         entries = self._broker.presence.get(room_id, {})
         current = entries.get(member.user_id)
         if current is None or current[0].session_id != member.session_id:
@@ -132,6 +179,66 @@ class MemoryBackend(Backend):
             live = current is not None and current[1] > self._broker.clock()
             if live and current[0].session_id == member.session_id:  # type: ignore[index]
                 self._broker.presence[room_id][member.user_id] = (member, expires)
+                self._extend_resume(room_id, member.resume_hash)
+
+    def _extend_resume(self, room_id: str, resume_hash: str) -> None:
+        found = self._broker.resumes.get(room_id, {}).get(resume_hash)
+        if found is not None and not found[0].held and found[1] > self._broker.clock():
+            expires = self._broker.clock() + self._record_ttl
+            self._broker.resumes[room_id][resume_hash] = (found[0], expires)
+
+    def _forget_resume(self, room_id: str, resume_hash: str) -> None:
+        records = self._broker.resumes.get(room_id)
+        if records is not None and resume_hash in records:
+            del records[resume_hash]
+            if not records:
+                del self._broker.resumes[room_id]
+
+    async def resume_record(self, room_id: str, resume_hash: str) -> ResumeRecord | None:
+        self._require_started()
+        return self._live_record(room_id, resume_hash)
+
+    def _live_record(self, room_id: str, resume_hash: str) -> ResumeRecord | None:
+        found = self._broker.resumes.get(room_id, {}).get(resume_hash)
+        return found[0] if found is not None and found[1] > self._broker.clock() else None
+
+    async def hold(self, room_id: str, member: Member, *, grace_seconds: float) -> None:
+        self._require_started()
+        record = self._live_record(room_id, member.resume_hash)
+        if record is not None and record.session_id == member.session_id:
+            held = ResumeRecord(
+                record.user_id, record.username, record.session_id, record.instance_id, True
+            )
+            expires = self._broker.clock() + grace_seconds
+            self._broker.resumes[room_id][member.resume_hash] = (held, expires)
+
+    async def claim_resume(self, room_id: str, resume_hash: str, member: Member) -> ResumeRecord:
+        self._require_started()
+        record = self._live_record(room_id, resume_hash)
+        if record is None:
+            raise ResumeRefusedError("unknown or expired resume token")
+        if record.user_id != member.user_id:
+            raise ResumeRefusedError("resume token belongs to another user or room", foreign=True)
+        self._forget_resume(room_id, resume_hash)  # spent, whatever follows
+        entries = self._broker.presence.get(room_id, {})
+        present = entries.get(record.user_id)
+        if present is None or present[0].session_id != record.session_id:
+            raise ResumeRefusedError("unknown or expired resume token")  # gone: reaped, left
+        entries[record.user_id] = (present[0], self._broker.clock() + self._ttl)
+        renewed = ResumeRecord(
+            record.user_id, record.username, record.session_id, self.instance_id, False
+        )
+        kept = (renewed, self._broker.clock() + self._record_ttl)
+        self._broker.resumes.setdefault(room_id, {})[member.resume_hash] = kept
+        return record
+
+    async def release_held(self, room_id: str, member: Member) -> bool:
+        self._require_started()
+        record = self._broker.resumes.get(room_id, {}).get(member.resume_hash)
+        if record is None or record[0].session_id != member.session_id:
+            return False  # claimed by a resume meanwhile
+        self._forget_resume(room_id, member.resume_hash)
+        return await self.leave(room_id, member)
 
     async def members(self, room_id: str) -> tuple[Member, ...]:
         self._require_started()
@@ -158,7 +265,20 @@ class MemoryBackend(Backend):
                     reaped.append((room_id, member))
             if not entries:
                 self._broker.presence.pop(room_id, None)
+        self._purge_resumes(now)
         return reaped
+
+    def _purge_resumes(self, now: float) -> None:
+        """Drop expired resume records and held buffers, as their TTL does in Redis."""
+        for key, (_, expires) in list(self._broker.held.items()):
+            if expires <= now:
+                del self._broker.held[key]
+        for room_id, records in list(self._broker.resumes.items()):
+            for resume_hash, (_, expires) in list(records.items()):
+                if expires <= now:
+                    del records[resume_hash]
+            if not records:
+                del self._broker.resumes[room_id]
 
     async def evict(self, room_id: str, user_id: str) -> Member | None:
         self._require_started()

@@ -32,6 +32,8 @@ from rendezvous.backends.base import (
     BusHandler,
     JoinResult,
     Member,
+    ResumeRecord,
+    ResumeRefusedError,
     RoomFullError,
     RoomPage,
     page_of,
@@ -63,6 +65,7 @@ _MEMBERS_TAIL = b"}:members"
 SCAN_COUNT = 1000  # keys per SCAN step when listing rooms: few round trips, short steps
 # Every bus payload starts with its publisher's 16-byte id, so an instance drops its echo.
 _ORIGIN_BYTES = 16
+_EVERYONE = bytes(_ORIGIN_BYTES)  # no instance's id: its publisher hears it too
 # Failures that mean "Redis is unreachable or failing over": the caller may retry later.
 _UNAVAILABLE = (
     redis_errors.ConnectionError,
@@ -86,6 +89,16 @@ def channel_of(room_id: str) -> bytes:
 
 def keys_of(room_id: str) -> tuple[str, str]:
     return f"{KEY_PREFIX}:{{{room_id}}}:members", f"{KEY_PREFIX}:{{{room_id}}}:expiry"
+
+
+def held_key(room_id: str, session_id: str) -> str:
+    """The Stream of what a held session was sent, in its room's slot."""
+    return f"{KEY_PREFIX}:{{{room_id}}}:held:{session_id}"
+
+
+def resume_key(room_id: str, resume_hash: str) -> str:
+    """A resume record's key: the room's hash tag, so room scripts may touch it."""
+    return f"{KEY_PREFIX}:{{{room_id}}}:resume:{resume_hash}"
 
 
 @contextlib.contextmanager
@@ -355,11 +368,58 @@ class RedisBackend(Backend):
             raise BackendUnavailableError(f"redis {shard.name} is unreachable")
         shard.writer.put(channel_of(room_id), self._origin + data)
 
+    def publish_to_all(self, room_id: str, data: bytes) -> None:
+        self._require_started()
+        shard = self._shard_for(room_id)
+        if not shard.listener.connected:
+            raise BackendUnavailableError(f"redis {shard.name} is unreachable")
+        shard.writer.put(channel_of(room_id), _EVERYONE + data)
+
+    # Held sessions' buffers.
+
+    async def keep_held(
+        self,
+        room_id: str,
+        session_id: str,
+        entries: Sequence[tuple[int, bytes]],
+        *,
+        max_entries: int,
+        ttl_seconds: float,
+    ) -> None:
+        commands = self._require_started()
+        key = held_key(room_id, session_id)
+        with translated("keep held"):
+            pipe = commands.pipeline(transaction=False)
+            for seq, frame in entries:
+                fields: dict[str | bytes, bytes | int] = {"s": seq, "f": frame}
+                pipe.xadd(key, fields, maxlen=max(max_entries, 1), approximate=True)  # type: ignore[arg-type]
+            pipe.pexpire(key, max(int(ttl_seconds * 1000), 1))
+            await pipe.execute()
+
+    async def take_held(self, room_id: str, session_id: str) -> list[tuple[int, bytes]]:
+        commands = self._require_started()
+        with translated("take held"):
+            key = held_key(room_id, session_id)
+            entries: list[Any] = await commands.eval(scripts.TAKE_HELD, 1, key)
+        # Each entry: [id, ["s", seq, "f", frame]] (RESP2, fields in the order written).
+        return [(int(fields[1]), bytes(fields[3])) for _, fields in entries]
+
     # Presence.
 
     async def join(self, room_id: str, member: Member, *, capacity: int) -> JoinResult:
-        args = (member.user_id, _value(member), capacity, self._ttl_ms, self._key_ttl_ms)
-        reply = await self._eval(scripts.JOIN, room_id, args, "join")
+        args = (
+            member.user_id,
+            _value(member),
+            capacity,
+            self._ttl_ms,
+            self._key_ttl_ms,
+            self.instance_id if member.resume_hash else "",
+            member.session_id,
+            member.username,
+        )
+        reply = await self._eval(
+            scripts.JOIN, room_id, args, "join", resume_key(room_id, member.resume_hash)
+        )
         if reply[0] == 0:
             raise RoomFullError(room_id)
         replaced = _member(member.user_id.encode(), reply[1]) if reply[1] else None
@@ -367,12 +427,66 @@ class RedisBackend(Backend):
 
     async def leave(self, room_id: str, member: Member) -> bool:
         reply = await self._eval(
-            scripts.LEAVE, room_id, (member.user_id, member.session_id), "leave"
+            scripts.LEAVE,
+            room_id,
+            (member.user_id, member.session_id),
+            "leave",
+            resume_key(room_id, member.resume_hash),
         )
         return bool(reply == 1)
 
+    async def resume_record(self, room_id: str, resume_hash: str) -> ResumeRecord | None:
+        commands = self._require_started()
+        with translated("resume record"):
+            fields: dict[bytes, bytes] = await commands.hgetall(  # type: ignore[assignment]
+                resume_key(room_id, resume_hash)
+            )
+        return _record(fields)
+
+    async def hold(self, room_id: str, member: Member, *, grace_seconds: float) -> None:
+        grace_ms = max(int(grace_seconds * 1000), 1)
+        key = resume_key(room_id, member.resume_hash)
+        await self._eval(scripts.HOLD, room_id, (member.session_id, grace_ms), "hold", key)
+
+    async def claim_resume(self, room_id: str, resume_hash: str, member: Member) -> ResumeRecord:
+        args = (member.user_id, self._ttl_ms, self._key_ttl_ms, self.instance_id)
+        keys = (resume_key(room_id, resume_hash), resume_key(room_id, member.resume_hash))
+        reply = await self._eval(scripts.CLAIM, room_id, args, "claim resume", *keys)
+        if reply[0] == -1:
+            raise ResumeRefusedError("resume token belongs to another user or room", foreign=True)
+        if reply[0] != 1:
+            raise ResumeRefusedError("unknown or expired resume token")
+        session_id, username, instance_id, held = (value.decode() for value in reply[1:])
+        return ResumeRecord(member.user_id, username, session_id, instance_id, held == "1")
+
+    async def release_held(self, room_id: str, member: Member) -> bool:
+        key = resume_key(room_id, member.resume_hash)
+        args = (member.user_id, member.session_id)
+        return bool(await self._eval(scripts.RELEASE_HELD, room_id, args, "release", key) == 1)
+
     async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
-        await self._batch(scripts.REFRESH, entries, lambda m: m.session_id, "refresh")
+        """One pipelined call: a script per room, with its members' resume record keys."""
+        commands = self._require_started()
+        by_room: dict[str, list[Member]] = defaultdict(list)
+        for room_id, member in entries:
+            by_room[room_id].append(member)
+        if not by_room:
+            return
+        with translated("refresh"):
+            pipe = commands.pipeline(transaction=False)
+            for room_id, members in by_room.items():
+                records = [resume_key(room_id, m.resume_hash) for m in members]
+                pairs = [part for m in members for part in (m.user_id, m.session_id)]
+                pipe.eval(
+                    scripts.REFRESH,
+                    2 + len(records),
+                    *keys_of(room_id),
+                    *records,
+                    self._ttl_ms,
+                    self._key_ttl_ms,
+                    *pairs,
+                )
+            await pipe.execute()
 
     async def reassert(self, entries: Sequence[tuple[str, Member]]) -> None:
         await self._batch(scripts.REASSERT, entries, _value, "reassert")
@@ -429,10 +543,13 @@ class RedisBackend(Backend):
             for m in _members(reply)
         ]
 
-    async def _eval(self, script: str, room_id: str, args: Sequence[object], what: str) -> Any:
+    async def _eval(
+        self, script: str, room_id: str, args: Sequence[object], what: str, *extra_keys: str
+    ) -> Any:
         commands = self._require_started()
+        keys = (*keys_of(room_id), *extra_keys)
         with translated(what):
-            return await commands.eval(script, 2, *keys_of(room_id), *args)  # type: ignore[arg-type]
+            return await commands.eval(script, len(keys), *keys, *args)  # type: ignore[arg-type]
 
     async def _batch(
         self,
@@ -479,6 +596,18 @@ def _value(member: Member) -> str:
 def _member(user_id: bytes, value: bytes) -> Member:
     session_id, _, username = value.decode().partition("|")
     return Member(user_id.decode(), username, session_id)
+
+
+def _record(fields: dict[bytes, bytes]) -> ResumeRecord | None:
+    if not fields:
+        return None
+    return ResumeRecord(
+        user_id=fields[b"u"].decode(),
+        username=fields[b"n"].decode(),
+        session_id=fields[b"s"].decode(),
+        instance_id=fields[b"i"].decode(),
+        held=fields[b"h"] == b"1",
+    )
 
 
 def _members(flat: Sequence[bytes]) -> tuple[Member, ...]:

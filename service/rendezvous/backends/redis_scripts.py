@@ -3,7 +3,10 @@
 
 Keys: KEYS[1] is the room's member hash (user_id -> "session_id|username") and KEYS[2]
 its expiry sorted set (user_id -> expiry in ms, Redis server time, so instance clocks
-never matter). Every write re-arms both keys' TTL: no key outlives its room.
+never matter). Every write re-arms both keys' TTL: no key outlives its room. A resume
+record `rdv:{room_id}:resume:<token hash>` is a hash (u user, n username, s session,
+i instance, h held 0|1) that lives as long as the room's keys (so a member whose instance
+died can resume until it is reaped: the scripts check its presence), or the grace once held.
 """
 
 _NOW = """
@@ -38,7 +41,8 @@ local function live_members()
 end
 """
 
-# ARGV: user_id, "session|username", capacity, ttl_ms, key_ttl_ms
+# KEYS[3]: the joiner's resume record key. ARGV: user_id, "session|username", capacity,
+# ttl_ms, key_ttl_ms, then instance_id ('' for no resume record), session_id, username
 # -> {1, previous_value_or_"", user, value, ...} or {0} when the room is full.
 JOIN = (
     _NOW
@@ -58,16 +62,22 @@ end
 redis.call('HSET', KEYS[1], user, value)
 redis.call('ZADD', KEYS[2], now + ttl, user)
 arm(key_ttl)
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[3], 'u', user, 's', ARGV[7], 'n', ARGV[8], 'i', ARGV[6], 'h', '0')
+  redis.call('PEXPIRE', KEYS[3], key_ttl)
+end
 local result = {1, replaced}
 for _, item in ipairs(live_members()) do table.insert(result, item) end
 return result
 """
 )
 
+# KEYS[3]: the session's resume record key (deleted in any case: the session ended).
 # ARGV: user_id, session_id -> 1 if this session was removed, else 0.
 LEAVE = (
     _ARM
     + """
+redis.call('DEL', KEYS[3])
 if session_of(redis.call('HGET', KEYS[1], ARGV[1])) ~= ARGV[2] then
   return 0
 end
@@ -77,8 +87,9 @@ return 1
 """
 )
 
-# ARGV: ttl_ms, key_ttl_ms, then user_id, session_id pairs. Extends live entries of
-# these very sessions only: an expired one belongs to the reaper.
+# KEYS[2 + n]: the n-th member's resume record key. ARGV: ttl_ms, key_ttl_ms, then
+# user_id, session_id pairs. Extends live entries of these very sessions only (an expired
+# one belongs to the reaper), and their resume records unless held (the grace rules those).
 REFRESH = (
     _NOW
     + _ARM
@@ -90,6 +101,10 @@ for i = 3, #ARGV, 2 do
   if expires and tonumber(expires) > now
       and session_of(redis.call('HGET', KEYS[1], user)) == session then
     redis.call('ZADD', KEYS[2], 'XX', now + ttl, user)
+    local record = KEYS[2 + (i - 1) / 2]
+    if redis.call('HGET', record, 's') == session and redis.call('HGET', record, 'h') == '0' then
+      redis.call('PEXPIRE', record, key_ttl)
+    end
   end
 end
 if redis.call('HLEN', KEYS[1]) > 0 then arm(key_ttl) end
@@ -185,3 +200,54 @@ COUNT = (
 return #live_members() / 2
 """
 )
+
+# KEYS[3]: the resume record. ARGV: session_id, grace_ms. Marks the record held and cuts
+# its life to the grace; a record of another session is left alone.
+HOLD = """
+if redis.call('HGET', KEYS[3], 's') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[3], 'h', '1')
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS[3]: the presented record, KEYS[4]: the new one. ARGV: user_id, ttl_ms, key_ttl_ms,
+# instance_id -> {1, session, username, instance, held} when claimed; {0} unknown, spent,
+# expired or its session gone (reaped, left, replaced); {-1} another user's token.
+CLAIM = (
+    _NOW
+    + _ARM
+    + """
+local record = redis.call('HMGET', KEYS[3], 'u', 's', 'n', 'i', 'h')
+if not record[1] then return {0} end
+if record[1] ~= ARGV[1] then return {-1} end
+redis.call('DEL', KEYS[3])
+if session_of(redis.call('HGET', KEYS[1], record[1])) ~= record[2] then return {0} end
+local ttl, key_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], now + ttl, record[1])
+arm(key_ttl)
+redis.call('HSET', KEYS[4], 'u', record[1], 's', record[2], 'n', record[3], 'i', ARGV[4], 'h', '0')
+redis.call('PEXPIRE', KEYS[4], key_ttl)
+return {1, record[2], record[3], record[4], record[5]}
+"""
+)
+
+# KEYS[3]: the held member's record. ARGV: user_id, session_id -> 1 if removed. A record
+# already claimed by a resume (deleted) leaves the member in place.
+RELEASE_HELD = (
+    _ARM
+    + """
+if redis.call('HGET', KEYS[3], 's') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[3])
+if session_of(redis.call('HGET', KEYS[1], ARGV[1])) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+# KEYS[1]: a held session's stream -> its entries, oldest first; the stream is deleted.
+TAKE_HELD = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+redis.call('DEL', KEYS[1])
+return entries
+"""

@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 from opentelemetry import trace  # the API alone: a no-op unless tracing is configured
 
-# A token may ride in a query (`?token=`), an Authorization header or a subprotocol.
+# A token may ride in a query (`?token=`; a resume token in `?resume=`), an Authorization
+# header or a subprotocol.
 _TOKEN_PATTERNS = (
-    re.compile(r"(?i)(\btoken=)[^&\s\"']+"),
+    re.compile(r"(?i)(\b(?:token|resume)=)[^&\s\"']+"),
     re.compile(r"(?i)(\bbearer[ .])[A-Za-z0-9._~+/=-]+"),
 )
 REDACTED = "[redacted]"

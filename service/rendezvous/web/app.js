@@ -1,12 +1,23 @@
 // The demo page: the DOM on one side, the signaling client (signaling.js) and the mesh
 // call (mesh.js) on the other. Query parameters prefill and drive it: room, name, token,
 // autojoin=1 (join on load), media=0 (no camera: data channel only), stats_ms=N (send a
-// call-quality report per connected peer every N ms, default 5000; 0: none).
+// call-quality report per connected peer every N ms, default 5000; 0: none),
+// resume_grace_ms=N (how long to try to resume a dropped session; default 10000, the
+// server's default WEBRTC_RESUME_GRACE: set it to the server's when that differs).
+//
+// Signaling blinks (a drained instance, a lost connection) are resumed by signaling.js's
+// ResumingSignaling: #status says "resuming" meanwhile, the call (peer to peer) goes on
+// untouched, and the frames replayed after the resume reach the mesh as usual.
 
 import { ApiError, fetchDevMode, fetchIceConfig, mintDevToken, toRtcConfiguration, tokenSubject } from "./api.js";
 import { Mesh } from "./mesh.js";
 import { describeClose, describeError } from "./messages.js";
-import { SignalingClient, SignalingClosedError, signalingUrl } from "./signaling.js";
+import {
+  DEFAULT_RESUME_GRACE_MS,
+  ResumingSignaling,
+  SignalingClosedError,
+  signalingUrl,
+} from "./signaling.js";
 import { STATS_INTERVAL_MS, StatsReporter } from "./stats.js";
 
 const ROOM_ID = /^[A-Za-z0-9-]{1,64}$/; // the server's rule; checked here only to explain it
@@ -36,6 +47,7 @@ const ui = {
 const params = new URLSearchParams(location.search);
 const withMedia = params.get("media") !== "0";
 const statsIntervalMs = Number(params.get("stats_ms") ?? STATS_INTERVAL_MS);
+const resumeGraceMs = Number(params.get("resume_grace_ms") ?? DEFAULT_RESUME_GRACE_MS);
 
 // For tests and debugging (the DOM contract): who we are, where, and every connection.
 const app = {
@@ -47,12 +59,15 @@ const app = {
   signaling: null,
   mesh: null,
   stats: null, // the StatsReporter
+  resumed: 0, // signaling sessions restored by a resume (the call went on)
+  rejoined: 0, // sessions started over after a drop whose resume was refused
 };
 window.rendezvous = app;
 
 let attempt = 0; // bumped by every join and leave: an older join's late steps stand down
 let localStream = null;
 const names = new Map(); // user_id → username, for chat lines
+const replayedJoins = new Set(); // see onResumed
 
 // ---------------------------------------------------------------------------- status
 
@@ -62,12 +77,13 @@ const STATUS_TEXT = {
   joined: "Joined",
   closed: "Left the room",
   error: "Disconnected",
+  resuming: "Reconnecting…",
 };
 
 function setStatus(state, text = STATUS_TEXT[state]) {
   ui.status.dataset.state = state;
   ui.status.textContent = text;
-  const busy = state === "connecting" || state === "joined";
+  const busy = state === "connecting" || state === "joined" || state === "resuming";
   ui.join.disabled = busy;
   ui.leave.disabled = !busy;
   for (const input of [ui.room, ui.name, ui.token]) input.disabled = busy;
@@ -154,7 +170,9 @@ async function openMedia() {
 }
 
 async function connect(current, roomId, credentials, rtcConfig) {
-  const signaling = new SignalingClient({ url: signalingUrl(BASE, roomId), token: credentials.token });
+  const url = signalingUrl(BASE, roomId);
+  const token = credentials.token;
+  const signaling = new ResumingSignaling({ url, token, graceMs: resumeGraceMs });
   const mesh = new Mesh({
     selfId: credentials.userId,
     rtcConfig,
@@ -181,6 +199,12 @@ async function connect(current, roomId, credentials, rtcConfig) {
   signaling.addEventListener("close", ({ detail }) => {
     if (current === attempt && !detail.byClient) onClosed(detail);
   });
+  signaling.addEventListener("resuming", ({ detail }) => {
+    if (current !== attempt) return;
+    if (detail.attempt === 0) console.info(`rendezvous: signaling dropped (${detail.code})`);
+    const text = detail.mode === "resume" ? STATUS_TEXT.resuming : "Reconnecting (joining again)…";
+    setStatus("resuming", text);
+  });
   await signaling.connect();
 }
 
@@ -191,6 +215,9 @@ function onFrame(mesh, frame) {
       onRoomState(mesh, payload);
       break;
     case "user_joined":
+      // After a resume with `missed: true`, a replayed user_joined can name someone the
+      // room_state already gave us (and we called): it is old news, not a second session.
+      if (replayedJoins.delete(payload.user_id)) break;
       addParticipant(payload.user_id, payload.username);
       mesh.addParticipant(payload.user_id, payload.username, { initiate: false });
       break;
@@ -218,10 +245,49 @@ function onRoomState(mesh, payload) {
   const participants = payload.participants ?? [];
   const me = participants.find((p) => p.user_id === app.userId);
   setStatus("joined", `Joined room "${app.roomId}" as ${me?.username ?? app.userId}`);
+  if (payload.resumed === true) return onResumed(mesh, payload, participants);
+  if (mesh.peers.size > 0 || ui.participants.children.length > 0) {
+    // A fresh join after a drop whose resume was refused: the others saw us leave, so
+    // our connections are dead to them. Hang up and, as the joiner, call everyone afresh.
+    app.rejoined += 1;
+    mesh.close();
+    ui.participants.replaceChildren();
+    names.clear();
+    replayedJoins.clear();
+  }
   for (const { user_id: userId, username } of participants) {
     addParticipant(userId, username);
     // We are the joiner: we offer to everyone already here; they wait for us.
     mesh.addParticipant(userId, username, { initiate: true });
+  }
+}
+
+/**
+ * The session is back: the call never stopped, and the frames we missed are replayed
+ * after this one. With `missed: true` some were lost: the room as it is now (this
+ * room_state) wins over our lists, and connections that may have lost a signal renegotiate.
+ */
+function onResumed(mesh, payload, participants) {
+  app.resumed += 1;
+  if (payload.missed !== true) return;
+  const present = new Map(participants.map((p) => [p.user_id, p.username]));
+  for (const userId of [...mesh.peers.keys()]) {
+    if (!present.has(userId)) {
+      removeParticipant(userId);
+      mesh.removeParticipant(userId);
+    }
+  }
+  for (const [userId, username] of present) {
+    const known = mesh.peers.has(userId) || userId === app.userId;
+    addParticipant(userId, username);
+    if (!known) {
+      // Someone joined while we were away: their offer may be what was lost. Ours
+      // crosses theirs at worst, which perfect negotiation resolves.
+      mesh.addParticipant(userId, username, { initiate: true });
+      replayedJoins.add(userId);
+    } else if (userId !== app.userId && mesh.peers.get(userId).pc.connectionState !== "connected") {
+      mesh.peers.get(userId).pc.restartIce(); // a lost answer or candidate: negotiate again
+    }
   }
 }
 
@@ -258,6 +324,7 @@ function teardown() {
   ui.participants.replaceChildren();
   ui.peers.replaceChildren();
   names.clear();
+  replayedJoins.clear();
   updateChatSend(0);
 }
 

@@ -25,6 +25,11 @@ export const CHAT_LABEL = "chat";
 const MAX_EARLY_CANDIDATES = 256; // per peer: a large mesh join stays well under this
 const MAX_QUEUED_SIGNALS = 512; // per peer: signals waiting for the one before to finish
 const MAX_ICE_RESTARTS = 3;
+// An offer still unanswered after this long is sent again (a few times): a signaling
+// resume that reported `missed: true` may have lost it, and an impolite peer waiting for
+// its answer would otherwise ignore every offer of ours forever.
+const OFFER_RESEND_MS = 5000;
+const MAX_OFFER_RESENDS = 3;
 
 /** One remote participant: `pc` and `channel` are what window.rendezvous exposes. */
 export class Peer {
@@ -42,6 +47,7 @@ export class Peer {
     this.announced = false; // named by room_state or user_joined (not only by a signal)
     this.localMediaAdded = false;
     this.iceRestarts = 0;
+    this.offers = 0; // offers we made (the newest is the one a resend may repeat)
     this.earlyCandidates = [];
     this.signals = Promise.resolve(); // signals from this peer, handled one at a time
     this.queued = 0;
@@ -187,6 +193,8 @@ export class Mesh extends EventTarget {
       peer.makingOffer = true;
       await peer.pc.setLocalDescription();
       this.#sendDescription(peer, peer.pc.localDescription);
+      peer.offers += 1;
+      this.#resendUnanswered(peer, peer.offers);
     } catch (error) {
       this.#warn(peer, "could not make an offer", error);
     } finally {
@@ -264,6 +272,19 @@ export class Mesh extends EventTarget {
       sdp: description.sdp,
       target_user_id: peer.userId,
     });
+  }
+
+  /** Offer number `offer` of this peer's, sent again while it is the one unanswered. */
+  #resendUnanswered(peer, offer, resends = 0) {
+    if (resends >= MAX_OFFER_RESENDS) return;
+    setTimeout(() => {
+      const pc = peer.pc;
+      const unanswered = pc.signalingState === "have-local-offer" && peer.offers === offer;
+      if (peer.closed || !unanswered) return;
+      this.#warn(peer, "no answer to our offer yet: sending it again");
+      this.#sendDescription(peer, pc.localDescription);
+      this.#resendUnanswered(peer, offer, resends + 1);
+    }, OFFER_RESEND_MS);
   }
 
   #sendCandidate(peer, candidate) {

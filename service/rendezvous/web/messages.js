@@ -28,6 +28,8 @@ const ERROR_MESSAGES = {
   kicked: "An administrator removed you from this room.",
   room_closed: "An administrator closed this room; everyone in it was disconnected.",
   not_found: "That room or participant is not there (any more).",
+  resume_failed:
+    "Your previous session could not be resumed (it expired or was ended), so you joined afresh.",
   // The page's own.
   network_error: "The service could not be reached. Check the address and your network.",
   media_unavailable:
@@ -53,6 +55,7 @@ const CLOSE_MESSAGES = {
   4001: "You joined this room again from another tab or device, so this one was disconnected.",
   4002: "An administrator removed you from this room.",
   4003: "An administrator closed this room; everyone in it was disconnected.",
+  4004: "Your previous session could not be resumed (it expired or was ended). Join again.",
 };
 
 /** A clear sentence for an error code; `detail` (the server's message) when unknown. */
