@@ -167,6 +167,7 @@ def test_rendered_configuration_starts_the_service_and_the_sidecar(
     settings = load_settings()
     assert settings.has_jwt_key
     assert settings.drain_deadline_seconds == 25
+    assert settings.resume_grace_seconds == 10
     policy = parse_policy(manifests.named("ConfigMap", "-policy")["data"]["policy.yaml"].encode())
     resolve(settings, policy)  # PolicyError if it conflicts with this environment
     for container in manifests.pod["containers"][1:]:
