@@ -68,3 +68,6 @@ async def test_sigterm_drains_clients_over_the_window_then_exits(tmp_path: Path)
         returncode = await asyncio.to_thread(server.process.wait, 8)
         assert time.monotonic() - signalled <= 2 * 4
         assert returncode in (0, -signal.SIGTERM)
+    # The refused handshake is an expected answer, not a server error.
+    assert "without completing handshake" not in server.output()
+    assert '"level":"error"' not in server.output(), server.output()

@@ -161,6 +161,13 @@ class RendezvousWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][CONNECTION_EXTENSION] = ConnectionControl(self)
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A denial response (the drain's HTTP 503) ends the handshake; uvicorn does not
+            # note it, then logs "returned without completing handshake" at error level.
+            self.handshake_complete = True
+
     def keepalive_timeout(self) -> None:
         # uvicorn closes politely; a vanished peer never acknowledges, so abort instead.
         self.timed_out = True
