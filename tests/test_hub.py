@@ -19,8 +19,9 @@ import pytest
 
 from rendezvous.backends.base import JoinResult, Member
 from rendezvous.backends.memory import MemoryBackend, MemoryBroker
-from rendezvous.hub import Hub, LocalRoom
+from rendezvous.hub import Hub
 from rendezvous.protocol import CloseCode, ErrorCode, LeaveReason, MessageType, SignalingError
+from rendezvous.rosters import LocalRoom
 from rendezvous.telemetry.metrics import Metrics
 from rendezvous.telemetry.tracing import Tracing
 

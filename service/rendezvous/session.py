@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rendezvous.auth import Identity
 from rendezvous.backends.base import Member
-from rendezvous.hub import RECIPIENT_CLOSED, Hub, LocalRoom
+from rendezvous.hub import RECIPIENT_CLOSED, Hub
 from rendezvous.limits import SessionLimits, TokenBucket
 from rendezvous.policy.live import LivePolicy
 from rendezvous.protocol import (
@@ -36,6 +36,7 @@ from rendezvous.protocol import (
     with_seq,
 )
 from rendezvous.resuming import LEAVE_CLOSE_CODES, ResumeRequest, mint_resume_token, resume_hash
+from rendezvous.rosters import LocalRoom
 from rendezvous.serving import CONNECTION_EXTENSION, ConnectionControl
 from rendezvous.stats import parse_report
 from rendezvous.telemetry import spans as span_names

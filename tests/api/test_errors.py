@@ -20,9 +20,9 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from rendezvous.backends.memory import MemoryBackend, MemoryBroker
-from rendezvous.hub import LocalRoom, Peer
 from rendezvous.limits import ABUSE_DROPPED_FRAMES
 from rendezvous.protocol import MessageType
+from rendezvous.rosters import LocalRoom, Peer
 from tests.support.client import Client, connect, joined
 from tests.support.server import running_server
 from tests.support.server import test_settings as settings_with
