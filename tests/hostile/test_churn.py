@@ -74,6 +74,13 @@ async def gauges(instance: Instance) -> dict[str, float]:
     return {name: float(value) for name, value in _GAUGE.findall(text)}
 
 
+async def tasks(instance: Instance) -> int:
+    async with httpx.AsyncClient(base_url=instance.http, timeout=5, trust_env=False) as http:
+        text = (await http.get("/metrics")).text
+    (value,) = re.findall(r"^rendezvous_asyncio_tasks (\S+)$", text, re.MULTILINE)
+    return int(float(value))
+
+
 async def leftovers(instances: Sequence[Instance], redis: RedisServer) -> list[str]:
     """What still says someone is there: Redis keys, non-zero gauges."""
     found = []
@@ -148,6 +155,7 @@ async def test_churn_with_redis_blips_leaves_nothing_behind(
         await churn(instances, WARMUP_SECONDS, tally)
         await settled(instances, redis_server, within=2 * wait)
         baseline = {i.index: (rss_bytes(i.pid), open_fds(i.pid)) for i in instances}
+        base_tasks = {i.index: await tasks(i) for i in instances}
 
         await asyncio.gather(
             churn(instances, CHURN_SECONDS, tally), blip_redis(redis_server, CHURN_SECONDS, tally)
@@ -157,6 +165,7 @@ async def test_churn_with_redis_blips_leaves_nothing_behind(
         await asyncio.sleep(wait)
         await settled(instances, redis_server, within=wait)
         final = {i.index: (rss_bytes(i.pid), open_fds(i.pid)) for i in instances}
+        final_tasks = {i.index: await tasks(i) for i in instances}
 
         print("tally:", dict(sorted(tally.counts.items())))
         for index, (rss, fds) in final.items():
@@ -164,7 +173,8 @@ async def test_churn_with_redis_blips_leaves_nothing_behind(
             growth = (rss - base_rss) / 2**20
             print(
                 f"instance {index}: RSS {base_rss / 2**20:.1f} -> {rss / 2**20:.1f} MiB "
-                f"({growth:+.1f}), fds {base_fds} -> {fds}"
+                f"({growth:+.1f}), fds {base_fds} -> {fds}, "
+                f"tasks {base_tasks[index]} -> {final_tasks[index]}"
             )
         assert tally.problems == []
         assert all(i.running for i in instances)
@@ -173,6 +183,8 @@ async def test_churn_with_redis_blips_leaves_nothing_behind(
         for index, (rss, fds) in final.items():
             assert rss - baseline[index][0] < RSS_GROWTH_LIMIT_BYTES, (index, baseline, final)
             assert fds - baseline[index][1] <= FD_GROWTH_LIMIT, (index, baseline, final)
+        # Every session's tasks ended with it: the task count is back at its idle level.
+        assert final_tasks == base_tasks, (base_tasks, final_tasks)
         # The run did what it says, so that the checks above mean something.
         counts = tally.counts
         assert counts["joined"] >= 50, counts

@@ -9,6 +9,7 @@ loop's thread.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -62,6 +63,7 @@ class Metrics:
         self._ok: dict[str, int] = {}  # by type: handled
         self._outcomes: dict[tuple[str, str], int] = {}  # by (type, outcome): refused
         registry.register(_MessagesCollector(self._ok, self._outcomes))
+        registry.register(_TasksCollector())
         self._dropped = Counter(
             "rendezvous_messages_dropped",
             "Messages dropped, by type and reason (a refused client frame, or one recipient)",
@@ -133,6 +135,18 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TasksCollector(Collector):
+    """The asyncio tasks alive in the process at scrape time: sessions' writers, the
+    backend's listeners and upkeep. After a churn it must come back to its baseline."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            count = len(asyncio.all_tasks())
+        except RuntimeError:  # rendered outside the event loop (a test, a tool): none to see
+            return
+        yield GaugeMetricFamily("rendezvous_asyncio_tasks", "asyncio tasks alive", value=count)
 
 
 class _MessagesCollector(Collector):
