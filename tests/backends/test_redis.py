@@ -23,6 +23,7 @@ from rendezvous.backends.base import (
     BackendError,
     BackendUnavailableError,
     Member,
+    ResumeRecord,
 )
 from rendezvous.backends.redis import (
     COMMAND_TIMEOUT_SECONDS,
@@ -34,6 +35,7 @@ from rendezvous.backends.redis import (
 )
 from rendezvous.backends.redis_listening import BACKOFF_SECONDS, SILENCE_LIMIT_SECONDS
 from rendezvous.redis_url import parse_redis_url
+from rendezvous.resuming import mint_resume_token
 from tests.support.redis import RedisCluster, RedisSentinel, RedisServer
 
 RECEIVE_TIMEOUT_SECONDS = 5.0
@@ -573,3 +575,46 @@ async def test_resume_records_live_in_their_room_slot_with_the_presence_ttl(
 
 def resumable_member(user_id: str) -> Member:
     return Member(user_id, user_id.title(), secrets.token_hex(8), secrets.token_hex(32))
+
+
+async def test_reassert_after_redis_lost_everything_puts_back_resume_records(
+    redis_server: RedisServer, start: Start
+) -> None:
+    """A restarted Redis without persistence has lost every resume record with the rest:
+    the re-assert that puts presence back gives each member put back its record too (the
+    client can still resume), leaves a record Redis kept alone, and restores nothing for a
+    member whose seat another session took meanwhile."""
+    a = await start(redis_server.url)
+    b = await start(redis_server.url)
+    alice, bob = resumable("alice"), resumable("bob")
+    plain, stale = member("carol"), resumable("dave")
+    for person in (alice, bob, plain, stale):
+        await a.backend.join("r1", person, capacity=10)
+    await redis_server.flush()  # what a restart without persistence leaves
+    newer = resumable("dave")
+    await b.backend.join("r1", newer, capacity=10)  # dave joined again meanwhile, on b
+    await a.backend.join("r1", bob, capacity=10)  # bob's seat and record survived the loss
+    kept = await a.backend.resume_record("r1", bob.resume_hash)
+
+    await a.backend.reassert([("r1", p) for p in (alice, bob, plain, stale)])
+
+    home = a.backend.instance_id
+    assert await b.backend.resume_record("r1", alice.resume_hash) == ResumeRecord(
+        "alice", "Alice", alice.session_id, home, False
+    )
+    assert await b.backend.resume_record("r1", bob.resume_hash) == kept
+    assert await b.backend.resume_record("r1", stale.resume_hash) is None
+    assert {m.session_id for m in await b.backend.members("r1")} == {
+        alice.session_id,
+        bob.session_id,
+        plain.session_id,
+        newer.session_id,
+    }
+    ttls = await redis_server.key_ttls()
+    records = [key for key in ttls if ":resume:" in key]
+    assert len(records) == 3 and all(ttls[key] > 0 for key in records), ttls
+
+
+def resumable(user_id: str) -> Member:
+    _, resume_hash = mint_resume_token()
+    return Member(user_id, user_id.title(), secrets.token_hex(8), resume_hash)

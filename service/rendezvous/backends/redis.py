@@ -489,7 +489,34 @@ class RedisBackend(Backend):
             await pipe.execute()
 
     async def reassert(self, entries: Sequence[tuple[str, Member]]) -> None:
-        await self._batch(scripts.REASSERT, entries, _value, "reassert")
+        """One pipelined call: a script per room, with the resume record keys to restore."""
+        commands = self._require_started()
+        by_room: dict[str, list[Member]] = defaultdict(list)
+        for room_id, member in entries:
+            by_room[room_id].append(member)
+        if not by_room:
+            return
+        with translated("reassert"):
+            pipe = commands.pipeline(transaction=False)
+            for room_id, members in by_room.items():
+                records: list[str] = []
+                args: list[str | int] = []
+                for m in members:
+                    if m.resume_hash:
+                        records.append(resume_key(room_id, m.resume_hash))
+                    index = 2 + len(records) if m.resume_hash else 0
+                    args += (m.user_id, _value(m), m.session_id, m.username, index)
+                pipe.eval(
+                    scripts.REASSERT,
+                    2 + len(records),
+                    *keys_of(room_id),
+                    *records,
+                    self._ttl_ms,
+                    self._key_ttl_ms,
+                    self.instance_id,
+                    *args,
+                )
+            await pipe.execute()
 
     async def members(self, room_id: str) -> tuple[Member, ...]:
         return _members(await self._eval(scripts.MEMBERS, room_id, (), "members"))
@@ -550,26 +577,6 @@ class RedisBackend(Backend):
         keys = (*keys_of(room_id), *extra_keys)
         with translated(what):
             return await commands.eval(script, len(keys), *keys, *args)  # type: ignore[arg-type]
-
-    async def _batch(
-        self,
-        script: str,
-        entries: Sequence[tuple[str, Member]],
-        second: Callable[[Member], str],
-        what: str,
-    ) -> None:
-        """One pipelined call: a script per room (per node, in Cluster mode)."""
-        commands = self._require_started()
-        by_room: dict[str, list[str]] = defaultdict(list)
-        for room_id, member in entries:
-            by_room[room_id] += (member.user_id, second(member))
-        if not by_room:
-            return
-        with translated(what):
-            pipe = commands.pipeline(transaction=False)
-            for room_id, pairs in by_room.items():
-                pipe.eval(script, 2, *keys_of(room_id), self._ttl_ms, self._key_ttl_ms, *pairs)
-            await pipe.execute()
 
     def _require_started(self) -> Commands:
         if self._commands is None or self._on_message is None:

@@ -112,19 +112,29 @@ return 1
 """
 )
 
-# ARGV: ttl_ms, key_ttl_ms, then user_id, "session|username" pairs. After an outage:
-# put back what Redis lost, extend what it kept; never overwrite another session.
+# KEYS[3...]: the resume record keys of the members that have one. ARGV: ttl_ms,
+# key_ttl_ms, instance_id, then user_id, "session|username", session_id, username, k
+# quintuples (k: that member's record is KEYS[k]; 0: it has none). After an outage: put
+# back what Redis lost, extend what it kept; never overwrite another session. A member
+# put back gets its resume record back too (a restarted Redis lost them all), so its
+# client can still resume.
 REASSERT = (
     _NOW
     + _ARM
     + """
-local ttl, key_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, #ARGV, 2 do
-  local user, value = ARGV[i], ARGV[i + 1]
+local ttl, key_ttl, instance = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+for i = 4, #ARGV, 5 do
+  local user, value, session, name = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local k = tonumber(ARGV[i + 4])
   local current = redis.call('HGET', KEYS[1], user)
   if not current or current == value then
     redis.call('HSET', KEYS[1], user, value)
     redis.call('ZADD', KEYS[2], now + ttl, user)
+    local record = KEYS[k]
+    if k > 0 and redis.call('EXISTS', record) == 0 then
+      redis.call('HSET', record, 'u', user, 's', session, 'n', name, 'i', instance, 'h', '0')
+      redis.call('PEXPIRE', record, key_ttl)
+    end
   end
 end
 arm(key_ttl)
