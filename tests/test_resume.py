@@ -10,6 +10,9 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from rendezvous.resuming import resume_hash
 from rendezvous.settings import Settings
 from tests.support.client import Client, connect, joined
@@ -337,3 +340,43 @@ async def test_a_resume_overtaking_a_socket_not_yet_known_dead_replays_from_it()
                 await bob.send(offer("alice"))
                 assert (await back.expect("offer"))["seq"] == 5
                 await bob.expect_silence()  # no user_left, no user_joined
+
+
+async def resume_metrics(server: RunningServer) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+        text = (await http.get(f"{server.http}/metrics")).text
+    wanted = ("rendezvous_held_participants", "rendezvous_resumes_total")
+    return {
+        sample.name + (f"/{sample.labels['outcome']}" if "outcome" in sample.labels else ""): (
+            sample.value
+        )
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in wanted
+    }
+
+
+async def test_held_participants_and_resume_outcomes_are_metrics() -> None:
+    async with running_server(resuming_settings()) as server:
+        alice_jwt = token("alice")
+        before = await resume_metrics(server)
+        assert before == {
+            "rendezvous_held_participants": 0,
+            "rendezvous_resumes_total/resumed": 0,
+            "rendezvous_resumes_total/missed": 0,
+            "rendezvous_resumes_total/refused": 0,
+        }
+        async with joined(server.ws_url("r1", alice_jwt)) as (alice, state):
+            drop(alice)
+            await until_held(server, 1)
+            assert (await resume_metrics(server))["rendezvous_held_participants"] == 1
+            forged = {"payload": {"resume_token": "A" * 43}}
+            await refused(resume_url(server, alice_jwt, forged, 1), "unknown or expired")
+            async with joined(resume_url(server, alice_jwt, state, 1)):
+                after = await resume_metrics(server)
+        assert after == {
+            "rendezvous_held_participants": 0,
+            "rendezvous_resumes_total/resumed": 1,
+            "rendezvous_resumes_total/missed": 0,
+            "rendezvous_resumes_total/refused": 1,
+        }

@@ -61,6 +61,7 @@ def create_app(
         resume_grace_seconds=settings.resume_grace_seconds,
         debug=settings.debug,
     )
+    metrics.held.set_function(lambda: hub.holding)
     app.state.services = Services(
         settings=settings,
         backend=backend,

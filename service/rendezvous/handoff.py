@@ -36,6 +36,7 @@ from rendezvous.rosters import (
     log_context,
     update_roster,
 )
+from rendezvous.telemetry.metrics import Metrics
 
 # The hub's logger: these lines were the hub's before the split, and keep its name.
 log = logging.getLogger("rendezvous.hub")
@@ -54,6 +55,7 @@ class Holding:
     _grace: float
     _hold_bounds: Callable[[], tuple[int, int]]
     _holds: set[asyncio.Task[None]]
+    _metrics: Metrics
     _rooms: dict[str, LocalRoom]
 
     if TYPE_CHECKING:  # defined by Hub
@@ -307,6 +309,7 @@ class Holding:
                 room.taking.pop(record.session_id, None)
             await self._release(room)
             if isinstance(exc, ResumeRefusedError):
+                self._metrics.resume_refused.inc()
                 raise SignalingError(ErrorCode.RESUME_FAILED, str(exc)) from exc
             if isinstance(exc, BackendUnavailableError):
                 raise exc.to_signaling(refuses_join=True) from exc
@@ -369,6 +372,7 @@ class Holding:
         if later:  # said in the room while this resume was in flight: sent on after it
             frames = [*replay.frames, *_frames_for(later, member)]
             replay = Replay(replay.start_seq, frames, replay.missed)
+        (self._metrics.resumed_missing if replay.missed else self._metrics.resumed).inc()
         self._update_gauges()
         log.info(
             "participant resumed",

@@ -58,6 +58,21 @@ class Metrics:
         self.participants = Gauge(
             "rendezvous_participants", "Participants joined on this instance", registry=registry
         )
+        # Read at scrape time from the hub (app.py binds it): held for a resume right now.
+        self.held = Gauge(
+            "rendezvous_held_participants",
+            "Participants whose socket dropped, held on this instance for a resume",
+            registry=registry,
+        )
+        resumes = Counter(
+            "rendezvous_resumes",
+            "Resumes asked of this instance, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.resumed = resumes.labels("resumed")  # every frame after last_seq replayed
+        self.resumed_missing = resumes.labels("missed")  # resumed, some frames were gone
+        self.resume_refused = resumes.labels("refused")  # resume_failed
         # Every client frame's outcome: counted in plain numbers (the per-message path),
         # rendered at scrape time by _MessagesCollector.
         self._ok: dict[str, int] = {}  # by type: handled
