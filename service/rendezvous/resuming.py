@@ -176,6 +176,9 @@ def replay_stored(
     return Replay(replay.start_seq, replay.frames, replay.missed or not answered)
 
 
+_WRITERS: set[asyncio.Task[None]] = set()  # every HeldStream writer until it finishes
+
+
 class HeldStream:
     """Copies what a held participant is sent to the backend (a Redis Stream), so that
     another instance can replay it even if this one dies. One writer task per held
@@ -199,6 +202,11 @@ class HeldStream:
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._run(), name=f"rendezvous.held:{session_id}")
+        # The loop keeps only a weak reference to a task: an abandoned (cancelled) writer
+        # whose HeldStream is gone would be collected mid-cancel ("Task was destroyed but
+        # it is pending!"). Held here until it has finished.
+        _WRITERS.add(self._task)
+        self._task.add_done_callback(_WRITERS.discard)
 
     def add(self, seq: int, frame: bytes) -> None:
         self._pending.append((seq, frame))
