@@ -465,57 +465,46 @@ class RedisBackend(Backend):
         return bool(await self._eval(scripts.RELEASE_HELD, room_id, args, "release", key) == 1)
 
     async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
-        """One pipelined call: a script per room, with its members' resume record keys."""
-        commands = self._require_started()
-        by_room: dict[str, list[Member]] = defaultdict(list)
-        for room_id, member in entries:
-            by_room[room_id].append(member)
-        if not by_room:
-            return
-        with translated("refresh"):
-            pipe = commands.pipeline(transaction=False)
-            for room_id, members in by_room.items():
-                records = [resume_key(room_id, m.resume_hash) for m in members]
-                pairs = [part for m in members for part in (m.user_id, m.session_id)]
-                pipe.eval(
-                    scripts.REFRESH,
-                    2 + len(records),
-                    *keys_of(room_id),
-                    *records,
-                    self._ttl_ms,
-                    self._key_ttl_ms,
-                    *pairs,
-                )
-            await pipe.execute()
+        def build(room_id: str, members: list[Member]) -> tuple[list[str], list[str | int]]:
+            records = [resume_key(room_id, m.resume_hash) for m in members]
+            pairs = [part for m in members for part in (m.user_id, m.session_id)]
+            return records, [self._ttl_ms, self._key_ttl_ms, *pairs]
+
+        await self._per_room(scripts.REFRESH, entries, build, "refresh")
 
     async def reassert(self, entries: Sequence[tuple[str, Member]]) -> None:
-        """One pipelined call: a script per room, with the resume record keys to restore."""
+        def build(room_id: str, members: list[Member]) -> tuple[list[str], list[str | int]]:
+            records: list[str] = []
+            args: list[str | int] = [self._ttl_ms, self._key_ttl_ms, self.instance_id]
+            for m in members:
+                if m.resume_hash:
+                    records.append(resume_key(room_id, m.resume_hash))
+                index = 2 + len(records) if m.resume_hash else 0
+                args += (m.user_id, _value(m), m.session_id, m.username, index)
+            return records, args
+
+        await self._per_room(scripts.REASSERT, entries, build, "reassert")
+
+    async def _per_room(
+        self,
+        script: str,
+        entries: Sequence[tuple[str, Member]],
+        build: Callable[[str, list[Member]], tuple[list[str], list[str | int]]],
+        what: str,
+    ) -> None:
+        """One pipelined call: `script` once per room (per node, in Cluster mode), with the
+        record keys and arguments `build` gives for that room's members."""
         commands = self._require_started()
         by_room: dict[str, list[Member]] = defaultdict(list)
         for room_id, member in entries:
             by_room[room_id].append(member)
         if not by_room:
             return
-        with translated("reassert"):
+        with translated(what):
             pipe = commands.pipeline(transaction=False)
             for room_id, members in by_room.items():
-                records: list[str] = []
-                args: list[str | int] = []
-                for m in members:
-                    if m.resume_hash:
-                        records.append(resume_key(room_id, m.resume_hash))
-                    index = 2 + len(records) if m.resume_hash else 0
-                    args += (m.user_id, _value(m), m.session_id, m.username, index)
-                pipe.eval(
-                    scripts.REASSERT,
-                    2 + len(records),
-                    *keys_of(room_id),
-                    *records,
-                    self._ttl_ms,
-                    self._key_ttl_ms,
-                    self.instance_id,
-                    *args,
-                )
+                records, args = build(room_id, members)
+                pipe.eval(script, 2 + len(records), *keys_of(room_id), *records, *args)
             await pipe.execute()
 
     async def members(self, room_id: str) -> tuple[Member, ...]:
